@@ -1,0 +1,153 @@
+"""Command-line parser (BIDS-Apps convention): ``BIDS_DIR OUTPUT_DIR group``.
+
+Parsing only: values are checked here once, at the edge, and the parsed
+namespace is handed to :mod:`bids_group_app.workflow`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+from ..errors import UsageError
+from ..inference import HEIGHT_CONTROLS
+
+DESIGN_HELP = """\
+Designs without a JSON model (short options; --model takes precedence):
+  (default)                     one-sample t-test on the selected maps
+  --covariates age sex          regression on participants.tsv columns (with an
+                                intercept); categorical columns are dummy coded
+                                against their first level (sex.M); --demean
+                                centres the numeric ones
+  --two-sample group            two groups from a participants.tsv column: one
+                                column per level (group.control, group.patient)
+  --paired desc=A,B             paired t-test: the within-subject entity and its
+                                two levels, with one column per subject
+  --rm-anova desc[=L1,L2,...]   repeated-measures ANOVA: one column per level of
+                                the entity and one per subject (seed 004)
+  --contrast NAME=SPEC          t/F contrasts, repeatable. SPEC = [t:|F:]ROW[;ROW]
+                                ROW = weights in design-column order, zero
+                                padded ("1,-1"), or an expression of design
+                                columns ("group.patient - group.control",
+                                "0.5*IniFF + 0.5*ImmFF - DelFF"); several rows
+                                make an F-test.
+Each run writes the BIDS Stats Model it used to OUTPUT_DIR/model-<name>_smdl.json;
+--model on that file reproduces the run.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors become UsageError (exit 64, one line)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _alpha(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def build_parser():
+    """The argparse parser of ``bids_group_app``."""
+    parser = _Parser(
+        prog="bids_group_app",
+        description="Group-level GLM and inference on first-level BIDS derivatives.",
+        epilog=DESIGN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (with participants.tsv)")
+    parser.add_argument("output_dir", type=Path, help="where the BIDS-derivative results go")
+    parser.add_argument("analysis_level", help="the analysis level; this app runs 'group'")
+    parser.add_argument("--version", action="version", version=f"bids_group_app {__version__}")
+
+    inputs = parser.add_argument_group("Selecting inputs")
+    inputs.add_argument("--derivatives", nargs="+", type=Path, metavar="DIR",
+                        help="first-level derivative datasets (default: the datasets under BIDS_DIR/derivatives/, "
+                             "or BIDS_DIR itself when it is a derivative dataset)")
+    inputs.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                        dest="participant_label", help="participants to include (with or without 'sub-')")
+    inputs.add_argument("--filter", action="append", default=[], metavar="ENTITY=VALUE[,VALUE...]",
+                        help="select maps by entity, repeatable (e.g. --filter contrast=motor --filter task=x)")
+    inputs.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                        help="JSON file of entity filters (fMRIPrep style)")
+    inputs.add_argument("--bids-database-dir", type=Path, metavar="DIR",
+                        help="PyBIDS database folder to create or reuse (saves re-indexing in job arrays)")
+    inputs.add_argument("--skip-bids-validation", action="store_true",
+                        help="do not check that BIDS_DIR is a BIDS dataset (dataset_description.json)")
+
+    model = parser.add_argument_group("Model (a BIDS Stats Models file, or short options)")
+    model.add_argument("--model", type=Path, metavar="FILE", help="BIDS Stats Models JSON file")
+    model.add_argument("--one-sample", action="store_true", help="one-sample t-test (the default design)")
+    model.add_argument("--two-sample", metavar="COLUMN", help="two-sample test on a participants.tsv column")
+    model.add_argument("--paired", metavar="ENTITY=A,B", help="paired test between two levels of an entity")
+    model.add_argument("--rm-anova", metavar="ENTITY[=L1,L2,...]",
+                       help="repeated-measures ANOVA over the levels of an entity, with subject columns")
+    model.add_argument("--covariates", nargs="+", metavar="COLUMN", default=[],
+                       help="participants.tsv columns added to the design")
+    model.add_argument("--demean", action="store_true", help="demean the numeric covariates")
+    model.add_argument("--group-by", nargs="+", metavar="VARIABLE",
+                       help="fit one model per value of these entities/columns (default: the selection "
+                            "entities that vary, e.g. the first-level contrast)")
+    model.add_argument("--contrast", action="append", default=[], metavar="NAME=SPEC",
+                       help="a t or F contrast (see below); repeatable")
+
+    estimation = parser.add_argument_group("Estimation")
+    estimation.add_argument("--mask", metavar="FILE",
+                            help="analysis mask (resampled, nearest) or mni152-brain / mni152-gm "
+                                 "(templates shipped with nilearn); default: voxels finite and non-zero in every map")
+    estimation.add_argument("--smoothing-fwhm", type=_non_negative_float, metavar="MM", default=None,
+                            help="Gaussian smoothing of the maps before fitting (mm FWHM)")
+
+    inference = parser.add_argument_group("Parametric inference")
+    inference.add_argument("--height-control", choices=HEIGHT_CONTROLS, default="fpr",
+                           help="voxel threshold: uncorrected (fpr), FDR, Bonferroni, or none (default: fpr)")
+    inference.add_argument("--alpha", type=_alpha, default=0.001, help="error rate for --height-control (default 0.001)")
+    inference.add_argument("--cluster-threshold", type=_non_negative_int, default=0, metavar="VOXELS",
+                           help="minimum cluster size in voxels (default 0)")
+    inference.add_argument("--two-sided", action="store_true",
+                           help="test t-contrasts in both directions (default: positive tail)")
+
+    other = parser.add_argument_group("Resources and logging")
+    other.add_argument("--n-cpus", type=_positive_int, default=1, metavar="N", help="CPUs to use (default 1)")
+    other.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="scratch folder (default: a temporary one)")
+    other.add_argument("-v", "--verbose", action="count", default=0,
+                       help="more log output; with -v errors also show their traceback")
+    other.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse and check the command line (UsageError on bad input)."""
+    return build_parser().parse_args(argv)

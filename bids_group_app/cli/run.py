@@ -1,0 +1,60 @@
+"""Entry point: parse, run the workflow, map errors to BIDS exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from ..errors import AppError
+
+LOGGER = logging.getLogger("bids_group_app")
+
+
+def _configure_logging(verbose, quiet):
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+        logging.getLogger("nilearn").setLevel(logging.WARNING)
+
+
+def main(argv=None):
+    """Run ``bids_group_app``; returns the process exit code.
+
+    Exit codes follow the BIDS-Apps execution spec: 0 success, 17 unknown
+    analysis level, 18 no file selected, 64 usage, 65 bad data, 66 missing
+    input, 73 output cannot be created. Errors print one line on stderr
+    (the traceback too with ``-v``).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "bids_group_app-mpl"))
+    try:
+        from .parser import parse_args
+        from ..workflow import run
+
+        options = parse_args(argv)
+        _configure_logging(options.verbose, options.quiet)
+        written = run(options, argv)
+    except AppError as err:
+        if verbose:
+            LOGGER.exception("bids_group_app failed")
+        print(f"bids_group_app: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("bids_group_app: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure is a bug: say so in one line
+        if verbose:
+            LOGGER.exception("bids_group_app failed")
+        print(f"bids_group_app: internal error: {type(err).__name__}: {err} (rerun with -v for the traceback and report it)", file=sys.stderr)
+        return 1
+    maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
+    print(f"bids_group_app: wrote {len(maps)} statistical maps to {options.output_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Data matrix: load the maps of a cell, build the mask, return ``Y``.
+
+Inputs may be ``.nii``/``.nii.gz`` (NIfTI-1 or -2) or Analyze ``.img``, any
+dtype; scaling (``scl_slope``/``scl_inter``) is applied by nibabel. NaN
+marks voxels outside the brain.
+
+Grids: every map is brought onto the grid of the first map of the cell.
+A map on another grid is resampled to it (continuous interpolation) with a
+warning naming the file; maps whose field of view does not overlap end up
+outside the mask and are caught there.
+
+Mask: by default the voxels that are finite and non-zero in every map.
+``--mask`` (a file, or ``mni152-brain`` / ``mni152-gm`` for the templates
+that nilearn ships) is resampled with nearest-neighbour interpolation to the
+grid, binarised (non-zero), and intersected with the voxels finite in every
+map.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from nilearn.image import resample_img
+from nilearn.maskers import NiftiMasker
+
+from .errors import DataError, MissingInputError
+
+LOGGER = logging.getLogger(__name__)
+TEMPLATE_MASKS = ("mni152-brain", "mni152-gm")
+
+
+@dataclass
+class DataMatrix:
+    """Masked data of one cell.
+
+    Attributes
+    ----------
+    Y : numpy.ndarray of shape (n_maps, n_voxels)
+    masker : nilearn.maskers.NiftiMasker
+        Fitted masker (mask, smoothing); ``inverse_transform`` makes images.
+    mask_img : nibabel.Nifti1Image
+    resampled : list of str
+        Inputs that were resampled to the reference grid.
+    """
+
+    Y: np.ndarray
+    masker: NiftiMasker
+    mask_img: nib.Nifti1Image
+    resampled: list
+
+
+def load_map(path):
+    """Load one map as float32 3-D data with its affine.
+
+    Raises
+    ------
+    DataError
+        When the file is not a readable image or is not one 3-D volume.
+    """
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path} is not a readable NIfTI/Analyze image: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path} has shape {data.shape}; each input must be one 3-D map")
+    return data, img.affine
+
+
+def _same_grid(shape_a, affine_a, shape_b, affine_b):
+    return shape_a == shape_b and np.allclose(affine_a, affine_b, atol=1e-3)
+
+
+def load_maps(paths):
+    """Load maps onto the grid of the first one.
+
+    Returns
+    -------
+    data : numpy.ndarray of shape (n_maps, x, y, z), float32, NaN kept
+    affine : numpy.ndarray
+    resampled : list of str
+    """
+    first, affine = load_map(paths[0])
+    stack = np.empty((len(paths),) + first.shape, dtype=np.float32)
+    stack[0] = first
+    resampled = []
+    for i, path in enumerate(paths[1:], start=1):
+        data, other_affine = load_map(path)
+        if not _same_grid(data.shape, other_affine, first.shape, affine):
+            LOGGER.warning(
+                "%s is on another grid (shape %s, voxel %s mm) than %s (shape %s, voxel %s mm); resampling it to that grid",
+                path, data.shape, np.round(nib.affines.voxel_sizes(other_affine), 2), paths[0], first.shape,
+                np.round(nib.affines.voxel_sizes(affine), 2),
+            )
+            img = nib.Nifti1Image(data, other_affine)
+            data = resample_img(img, target_affine=affine, target_shape=first.shape, interpolation="continuous",
+                                force_resample=True, copy_header=True).get_fdata(dtype=np.float32)
+            resampled.append(str(path))
+        stack[i] = data
+    return stack, affine, resampled
+
+
+def load_mask(mask, shape, affine):
+    """Load ``--mask`` onto the data grid as a boolean array."""
+    if mask in TEMPLATE_MASKS:
+        from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_mask
+
+        img = load_mni152_gm_mask() if mask == "mni152-gm" else load_mni152_brain_mask()
+    else:
+        try:
+            img = nib.load(str(mask))
+        except FileNotFoundError:
+            raise MissingInputError(f"mask {mask} does not exist (give an image file or one of {', '.join(TEMPLATE_MASKS)})") from None
+        except Exception as err:
+            raise DataError(f"mask {mask} is not a readable image: {err}") from None
+        if len(img.shape) == 4 and img.shape[3] == 1:
+            img = nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine)
+        if len(img.shape) != 3:
+            raise DataError(f"mask {mask} has shape {img.shape}; a mask is one 3-D image")
+    img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    resampled = resample_img(img, target_affine=affine, target_shape=shape, interpolation="nearest",
+                             force_resample=True, copy_header=True)
+    return np.asarray(resampled.dataobj) != 0
+
+
+def build_data_matrix(paths, *, mask=None, smoothing_fwhm=None):
+    """Load maps, compute the mask, smooth and mask them.
+
+    Parameters
+    ----------
+    paths : list of str
+    mask : str or None
+        Mask file, a template name from :data:`TEMPLATE_MASKS`, or None.
+    smoothing_fwhm : float or None
+        Gaussian smoothing (mm FWHM) applied by nilearn before masking.
+
+    Returns
+    -------
+    DataMatrix
+    """
+    stack, affine, resampled = load_maps(paths)
+    finite = np.isfinite(stack).all(axis=0)
+    if mask is None:
+        mask_data = finite & (stack != 0).all(axis=0)
+        where = "finite and non-zero in every map"
+    else:
+        mask_data = load_mask(mask, stack.shape[1:], affine) & finite
+        where = f"in mask {mask} and finite in every map"
+    n_voxels = int(mask_data.sum())
+    if n_voxels == 0:
+        raise DataError(f"no voxel is {where} ({len(paths)} maps); check the inputs' field of view or --mask")
+    LOGGER.info("mask: %d voxels %s", n_voxels, where)
+    np.nan_to_num(stack, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    mask_img = nib.Nifti1Image(mask_data.astype(np.uint8), affine)
+    masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, standardize=False)
+    masker.fit()
+    imgs = nib.Nifti1Image(np.moveaxis(stack, 0, -1), affine)
+    Y = masker.transform(imgs)
+    return DataMatrix(Y=np.asarray(Y, dtype=np.float64), masker=masker, mask_img=mask_img, resampled=resampled)

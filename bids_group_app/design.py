@@ -1,0 +1,388 @@
+"""Design: from one GroupBy cell of maps to a design matrix and contrasts.
+
+A *cell* is the table of maps (one row per map, with entity and
+participants.tsv columns) that one model is fit to. This module applies the
+node's transformations, expands ``Model.X`` into columns, drops the maps
+whose model variables are missing, and resolves the contrasts into weight
+matrices over the design columns, checking that each is estimable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .participants import MATCHED, is_numeric, levels
+
+LOGGER = logging.getLogger(__name__)
+SUBJECT_PREFIX = "sub-"
+
+
+@dataclass
+class Contrast:
+    """A resolved contrast: weights over every design column."""
+
+    name: str
+    test: str
+    weights: np.ndarray  # (n_rows, n_columns)
+
+    @property
+    def vector(self):
+        """Weights as a 1-D vector (t) or 2-D matrix (F)."""
+        return self.weights[0] if self.test == "t" else self.weights
+
+
+@dataclass
+class Design:
+    """The design of one cell.
+
+    Attributes
+    ----------
+    matrix : pandas.DataFrame
+        Design matrix, one row per map used (same order as ``rows``).
+    rows : pandas.DataFrame
+        The maps used, with their entities and participants columns.
+    dropped : list of dict
+        Maps left out, each ``{"subject", "path", "reason"}``.
+    contrasts : list of Contrast
+    rank : int
+    dof : int
+        Residual degrees of freedom, ``n_maps - rank``.
+    """
+
+    matrix: pd.DataFrame
+    rows: pd.DataFrame
+    dropped: list = field(default_factory=list)
+    contrasts: list = field(default_factory=list)
+    rank: int = 0
+    dof: int = 0
+
+
+# --------------------------------------------------------------------------
+# Transformations (pybids-transforms-v1 subset)
+# --------------------------------------------------------------------------
+
+def _io(step):
+    inputs = step["Input"] if isinstance(step["Input"], list) else [step["Input"]]
+    outputs = step.get("Output", inputs)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    if len(outputs) != len(inputs):
+        raise DataError(f"transformation {step['Name']}: Output has {len(outputs)} names for {len(inputs)} inputs")
+    return inputs, outputs
+
+
+def _numeric_column(table, name, step):
+    if name not in table.columns:
+        raise DataError(f"transformation {step} needs column '{name}', which does not exist; columns: {', '.join(_public(table))}")
+    if not is_numeric(table[name]):
+        raise DataError(
+            f"transformation {step} needs numbers but column '{name}' holds {', '.join(levels(table[name])[:6])}; use Factor for a categorical variable"
+        )
+    return table[name].astype(float)
+
+
+def _factor(table, step):
+    constraint = step.get("Constraint", "none")
+    if constraint not in ("none", "drop_one", "mean_zero"):
+        raise DataError(f"Factor Constraint must be none, drop_one or mean_zero, got {constraint!r}")
+    for name in _io(step)[0]:
+        if name not in table.columns:
+            raise DataError(f"Factor needs column '{name}', which does not exist; columns: {', '.join(_public(table))}")
+        values = table[name]
+        labels = values.map(lambda v: v if pd.isna(v) else levels(pd.Series([v]))[0])
+        found = levels(values)
+        if not found:
+            raise DataError(f"Factor: column '{name}' has no non-missing value")
+        reference = str(step.get("RefLevel", found[0]))
+        if constraint != "none" and reference not in found:
+            raise DataError(f"Factor RefLevel {reference!r} is not a level of '{name}' (levels: {', '.join(found)})")
+        kept = found if constraint == "none" else [lv for lv in found if lv != reference]
+        missing = labels.isna()
+        for level in kept:
+            column = (labels == level).astype(float)
+            if constraint == "mean_zero":
+                column[labels == reference] = -1.0
+            column[missing] = np.nan
+            table[f"{name}.{level}"] = column
+    return table
+
+
+def _replace(table, step):
+    mapping = step.get("Replace")
+    if not isinstance(mapping, dict):
+        raise DataError("Replace needs a 'Replace' object mapping old values to new ones")
+    for source, target in zip(*_io(step)):
+        if source not in table.columns:
+            raise DataError(f"Replace needs column '{source}', which does not exist; columns: {', '.join(_public(table))}")
+        column = table[source].copy()
+        for old, new in mapping.items():
+            if old in ("n/a", None):
+                hit = column.isna()
+            else:
+                hit = column.astype(str) == str(old)
+                if is_numeric(column):
+                    try:
+                        hit = hit | (column == float(old))
+                    except (TypeError, ValueError):
+                        pass
+            column = column.astype(object)
+            column[hit] = new
+        numeric = pd.to_numeric(column, errors="coerce")
+        table[target] = numeric.astype(float) if numeric.notna().sum() == column.notna().sum() else column
+    return table
+
+
+def apply_transformations(table, instructions):
+    """Apply Demean/Scale/Factor/Replace/Rename/Copy instructions in order.
+
+    Statistics (means, SDs) are computed over the rows given, so call this
+    on the maps actually used.
+    """
+    table = table.copy()
+    for step in instructions:
+        name = step["Name"]
+        if name == "Factor":
+            table = _factor(table, step)
+        elif name == "Replace":
+            table = _replace(table, step)
+        else:
+            for source, target in zip(*_io(step)):
+                if name in ("Rename", "Copy"):
+                    if source not in table.columns:
+                        raise DataError(f"{name} needs column '{source}', which does not exist; columns: {', '.join(_public(table))}")
+                    table[target] = table[source]
+                    if name == "Rename" and target != source:
+                        table = table.drop(columns=source)
+                    continue
+                values = _numeric_column(table, source, name)
+                if name == "Demean" or step.get("Demean", True):
+                    values = values - values.mean()
+                if name == "Scale" and step.get("Rescale", True):
+                    sd = values.std()
+                    if not sd > 0:
+                        raise DataError(f"Scale: column '{source}' is constant over the maps used; it cannot be scaled")
+                    values = values / sd
+                table[target] = values
+    return table
+
+
+def _public(table):
+    return [c for c in table.columns if not str(c).startswith("_") and c != "path"]
+
+
+# --------------------------------------------------------------------------
+# Model.X -> columns
+# --------------------------------------------------------------------------
+
+def _indicators(table, entity):
+    values = table[entity].astype(object)
+    names = sorted(v for v in values.dropna().unique())
+    columns = {}
+    for value in names:
+        label = f"{SUBJECT_PREFIX}{value}" if entity == "subject" else str(value)
+        columns[label] = (values == value).astype(float)
+    return columns
+
+
+def expand_x(table, x, entities):
+    """Build the design columns named by ``Model.X``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Transformed cell table.
+    x : list of str
+        ``Model.X`` entries (``intercept`` for ``1``).
+    entities : collection of str
+        Entity column names; an X entry naming one expands to indicator
+        columns (``sub-<label>`` for ``subject``, the value otherwise), and
+        an entry naming a value of an entity (``IniFF`` of ``desc``, a
+        first-level contrast name) is the indicator column of that value.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns in X order (wildcards expand in table order). Values may be
+        NaN where a variable is missing.
+    """
+    indicator_sources = {
+        e: _indicators(table, e)
+        for e in entities
+        if e in table.columns and table[e].notna().any() and (e in x or e != "subject")
+    }
+    pool = list(_public(table))
+    for columns in indicator_sources.values():
+        pool.extend(c for c in columns if c not in pool)
+    design = {}
+    for entry in x:
+        if entry == "intercept":
+            design["intercept"] = pd.Series(1.0, index=table.index)
+        elif entry in indicator_sources and entry in entities:
+            design.update(indicator_sources[entry])
+        elif any(ch in entry for ch in "*?["):
+            matched = fnmatch.filter(pool, entry)
+            if not matched:
+                raise DataError(f"Model.X wildcard '{entry}' matches no variable; variables: {', '.join(pool)}")
+            for name in matched:
+                design[name] = _lookup(table, indicator_sources, name)
+        else:
+            if entry not in pool:
+                raise DataError(
+                    f"Model.X names '{entry}', which is not a participants.tsv column, an entity or a transformation output; available: {', '.join(pool)}"
+                )
+            design[entry] = _lookup(table, indicator_sources, entry)
+    frame = pd.DataFrame(design, index=table.index)
+    for column in frame.columns:
+        if not is_numeric(frame[column]):
+            raise DataError(
+                f"design column '{column}' holds non-numeric values ({', '.join(levels(frame[column])[:6])}); encode it with a Factor transformation"
+            )
+    return frame.astype(float)
+
+
+def _lookup(table, indicator_sources, name):
+    if name in table.columns and name not in indicator_sources:
+        return table[name]
+    for columns in indicator_sources.values():
+        if name in columns:
+            return columns[name]
+    return table[name]
+
+
+# --------------------------------------------------------------------------
+# Contrasts
+# --------------------------------------------------------------------------
+
+def resolve_contrasts(node, columns):
+    """Contrasts of a node as weight matrices over ``columns``.
+
+    DummyContrasts give one t-contrast per listed column (all columns except
+    subject indicators when no list is given); an explicit contrast of the
+    same name replaces a dummy one.
+    """
+    resolved = {}
+    if node.dummy_contrasts is not None:
+        listed = node.dummy_contrasts["contrasts"]
+        names = listed if listed is not None else [c for c in columns if not c.startswith(SUBJECT_PREFIX)]
+        for name in names:
+            if name not in columns:
+                raise DataError(f"DummyContrasts names '{name}', which is not a design column; columns: {', '.join(columns)}")
+            weights = np.zeros((1, len(columns)))
+            weights[0, columns.index(name)] = 1.0
+            resolved[name] = Contrast(name, "t", weights)
+    for spec in node.contrasts:
+        unknown = [c for c in spec.conditions if c not in columns]
+        if unknown:
+            raise DataError(
+                f"contrast '{spec.name}' names {', '.join(unknown)}, not design column(s); columns: {', '.join(columns)}"
+            )
+        weights = np.zeros((spec.weights.shape[0], len(columns)))
+        for j, condition in enumerate(spec.conditions):
+            weights[:, columns.index(condition)] += spec.weights[:, j]
+        resolved[spec.name] = Contrast(spec.name, spec.test, weights)
+    if not resolved:
+        raise DataError(f"node '{node.name}' defines no contrast (add Contrasts or DummyContrasts)")
+    return list(resolved.values())
+
+
+def check_estimable(matrix, contrast):
+    """Raise DataError unless every row of the contrast is estimable.
+
+    A contrast c is estimable when it lies in the row space of X:
+    ``c X⁺ X = c``. F-contrast rows must also be linearly independent.
+    """
+    X = matrix.to_numpy()
+    weights = contrast.weights
+    if not np.any(weights):
+        raise DataError(f"contrast '{contrast.name}' has only zero weights")
+    projector = np.linalg.pinv(X) @ X
+    residual = weights - weights @ projector
+    scale = max(1.0, float(np.abs(weights).max()))
+    if np.abs(residual).max() > 1e-8 * scale * max(X.shape):
+        involved = [c for c, w in zip(matrix.columns, np.abs(weights).sum(axis=0)) if w > 0]
+        raise DataError(
+            f"contrast '{contrast.name}' is not estimable with this design (rank {np.linalg.matrix_rank(X)} of {X.shape[1]} columns); "
+            f"its columns {', '.join(involved)} are confounded with others"
+        )
+    if contrast.test == "F" and np.linalg.matrix_rank(weights) < weights.shape[0]:
+        raise DataError(
+            f"F-contrast '{contrast.name}' has linearly dependent rows (rank {np.linalg.matrix_rank(weights)} of {weights.shape[0]}); remove the redundant rows"
+        )
+
+
+# --------------------------------------------------------------------------
+# Whole cell
+# --------------------------------------------------------------------------
+
+def _missing_reason(row, columns, table):
+    if MATCHED in table.columns and not row[MATCHED]:
+        return "no row in participants.tsv"
+    return "missing value (n/a) in " + ", ".join(f"'{c}'" for c in columns)
+
+
+def build_design(table, node, entities):
+    """Build the design of one cell.
+
+    Maps whose model variables are missing (n/a in participants.tsv, or no
+    participants.tsv row) are dropped, and transformations are then
+    re-applied to the maps that remain, so that demeaning and scaling use
+    only the maps in the model.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per map: ``path``, entity columns, participants columns.
+    node : NodeSpec
+    entities : collection of str
+        Names of the entity columns.
+
+    Returns
+    -------
+    Design
+    """
+    rows = table
+    dropped = []
+    for _ in range(len(table) + 1):
+        transformed = apply_transformations(rows, node.transformations)
+        matrix = expand_x(transformed, node.x, entities)
+        bad = matrix.isna().any(axis=1)
+        if not bad.any():
+            break
+        for index in matrix.index[bad]:
+            missing = [c for c in matrix.columns if pd.isna(matrix.at[index, c])]
+            dropped.append({
+                "subject": rows.at[index, "subject"],
+                "path": rows.at[index, "path"],
+                "reason": _missing_reason(rows.loc[index], missing, rows),
+            })
+        rows = rows.loc[~bad]
+        if rows.empty:
+            break
+    if rows.empty:
+        raise DataError(
+            f"no map is left in node '{node.name}' after dropping those with missing model variables ({dropped[0]['reason']} for sub-{dropped[0]['subject']} ...)"
+        )
+    for item in dropped:
+        LOGGER.warning("dropped sub-%s (%s): %s", item["subject"], item["path"], item["reason"])
+    matrix = matrix.reset_index(drop=True)
+    rows = rows.reset_index(drop=True)
+    X = matrix.to_numpy()
+    rank = int(np.linalg.matrix_rank(X))
+    dof = len(matrix) - rank
+    if dof <= 0:
+        raise DataError(
+            f"node '{node.name}': {len(matrix)} maps and a design of rank {rank} leave {dof} residual degrees of freedom; "
+            "at least one more map than the design rank is needed"
+        )
+    if rank < X.shape[1]:
+        LOGGER.info("design of node '%s' is rank deficient (rank %d of %d columns); only estimable contrasts are allowed",
+                    node.name, rank, X.shape[1])
+    contrasts = resolve_contrasts(node, list(matrix.columns))
+    for contrast in contrasts:
+        check_estimable(matrix, contrast)
+    return Design(matrix=matrix, rows=rows, dropped=dropped, contrasts=contrasts, rank=rank, dof=dof)

@@ -1,0 +1,697 @@
+"""Deterministic synthetic BIDS datasets with first-level derivatives.
+
+:func:`make_example_dataset` writes a tiny raw BIDS dataset (participants
+table plus one small T1w per subject) and a BIDS-derivative dataset of
+per-subject maps under ``root/derivatives/<name>/``. Known effects
+("blobs") are planted at fixed MNI coordinates on top of smoothed Gaussian
+noise, so a group-level analysis can be checked against the returned
+``truth`` dictionary. Nothing is downloaded; the same ``seed`` gives
+byte-identical files.
+
+Layouts (``LAYOUTS``):
+
+``"nilearn"``
+    ``derivatives/nilearn_glm/sub-XX/sub-XX_task-localizer_contrast-<c>_stat-<effect|variance>_statmap.nii.gz``
+``"fitlins"``
+    ``derivatives/fitlins/node-subjectLevel/sub-XX/sub-XX_task-localizer_contrast-<c>_stat-<effect|variance|t|z>_statmap.nii.gz``
+``"seed004"``
+    ``derivatives/first-level/sub-XX/sub-XX_ses-mri_task-facerecognition_desc-<Cond>_effect.nii.gz``
+    for 9 conditions, plus a ``desc-EffectsOfInterest_z.nii.gz`` distractor.
+``"vbm"``
+    ``derivatives/cat12/sub-XX/anat/sub-XX_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz``
+
+The console script ``bids_group_app_make_example`` calls :func:`main`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage, stats
+
+LAYOUTS = ("nilearn", "fitlins", "seed004", "vbm")
+
+DEFAULT_N_SUBJECTS = {"nilearn": 16, "fitlins": 16, "seed004": 16, "vbm": 20}
+PIPELINES = {
+    "nilearn": ("nilearn_glm", "nilearn"),
+    "fitlins": ("fitlins", "FitLins"),
+    "seed004": ("first-level", "SPM12"),
+    "vbm": ("cat12", "CAT12"),
+}
+CONTRASTS = ("motor", "language")
+STIMULI = ("FF", "UF", "SF")
+PRESENTATIONS = ("Ini", "Imm", "Del")
+CONDITIONS = tuple(p + s for s in STIMULI for p in PRESENTATIONS)
+SITES = ("A", "B", "C")
+
+MNI_CENTRE_MM = (0.0, -18.0, 18.0)
+BLOB_SIGMA_VOX = 1.0
+NOISE_SIGMA_VOX = 1.0
+NULL_REGION = {"xyz_mm": (0.0, -16.0, 16.0), "radius_vox": 2.0}
+EXIT_OUTPUT_EXISTS = 73
+EXIT_BAD_OPTION = 64
+
+# Blob specifications per layout. ``amplitude`` is the peak value added to
+# the map, in map units; for ``kind == "regression"`` it is the peak change
+# per unit of the (mean-centred) covariate.
+GLM_BLOBS = (
+    {"name": "motor_mean", "contrast": "motor", "xyz_mm": (-40, -24, 56),
+     "kind": "one_sample", "covariate": None, "sign": 1, "amplitude": 3.0,
+     "description": "present in every subject: one-sample (intercept) effect"},
+    {"name": "group_diff", "contrast": "motor", "xyz_mm": (40, -24, 56),
+     "kind": "two_sample", "covariate": "group", "sign": 1, "amplitude": 3.0,
+     "description": "present only where group == 'patient': patient > control"},
+    {"name": "age_effect", "contrast": "motor", "xyz_mm": (-40, 24, 8),
+     "kind": "regression", "covariate": "age", "sign": 1, "amplitude": 0.2,
+     "description": "amplitude * (age - mean age): positive age slope"},
+    {"name": "score_effect", "contrast": "motor", "xyz_mm": (40, 24, 8),
+     "kind": "regression", "covariate": "score", "sign": 1, "amplitude": 0.2,
+     "description": "amplitude * (score - mean score) among subjects with a"
+                    " score (0 for subjects whose score is n/a)"},
+    {"name": "language_mean", "contrast": "language", "xyz_mm": (-48, -64, 8),
+     "kind": "one_sample", "covariate": None, "sign": 1, "amplitude": 3.0,
+     "description": "present in every subject: one-sample (intercept) effect"},
+)
+SEED004_BLOBS = (
+    {"name": "faces_vs_scrambled", "xyz_mm": (40, -64, 8), "kind": "t_contrast",
+     "sign": 1, "amplitude": 3.0,
+     "description": "FF and UF conditions are `amplitude` above SF"},
+    {"name": "interaction", "xyz_mm": (-40, -64, 8), "kind": "f_contrast",
+     "sign": 1, "amplitude": 3.0,
+     "description": "amplitude * kron([1/2, 1/2, -1], [1, -1, 0]) over the 9"
+                    " conditions: stimulus x immediate-repetition interaction"},
+)
+VBM_BLOBS = (
+    {"name": "age_effect", "xyz_mm": (-40, 24, 8), "kind": "regression",
+     "covariate": "age", "sign": -1, "amplitude": -0.006,
+     "description": "grey matter falls with age: amplitude * (age - mean age)"},
+    {"name": "sex_effect", "xyz_mm": (40, -24, 56), "kind": "two_sample",
+     "covariate": "sex", "sign": 1, "amplitude": 0.15,
+     "description": "present only where sex == 'F': F > M"},
+)
+SEED004_WEIGHTS = {
+    "faces_vs_scrambled": np.kron([0.5, 0.5, -1.0], [1 / 3, 1 / 3, 1 / 3]),
+    "interaction": np.vstack([np.kron([0.5, 0.5, -1.0], [1.0, -1.0, 0.0]),
+                              np.kron([1.0, -1.0, 0.0], [1.0, -1.0, 0.0])]),
+}
+# Per-condition pattern that each seed004 blob multiplies.
+SEED004_PATTERNS = {
+    "faces_vs_scrambled": np.kron([1.0, 1.0, 0.0], [1.0, 1.0, 1.0]),
+    "interaction": np.kron([0.5, 0.5, -1.0], [1.0, -1.0, 0.0]),
+}
+PLAIN_FORMAT = {"extension": ".nii.gz", "nifti_version": 1, "dtype": "float32",
+                "background": "zero"}
+VBM_GM_BASELINE = 0.5
+VBM_NOISE_SD = 0.05
+SEED004_OFFSET_SD = 2.0
+
+
+# --------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------
+def mni_affine(shape, voxel_size):
+    """Affine placing a grid in MNI space, with the grid centre near the MNI box centre.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Grid shape (i, j, k).
+    voxel_size : float
+        Isotropic voxel size in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        4x4 affine; the x axis is flipped (``affine[0, 0] = -voxel_size``) as
+        in nilearn's MNI152 templates. The origin is rounded to a multiple of
+        ``voxel_size`` so MNI (0, 0, 0) is a voxel centre; the grid centre
+        is then within half a voxel of ``MNI_CENTRE_MM``.
+    """
+    diag = np.array([-voxel_size, voxel_size, voxel_size], dtype=float)
+    half = (np.asarray(shape, dtype=float) - 1) / 2
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(diag)
+    origin = np.asarray(MNI_CENTRE_MM) - diag * half
+    affine[:3, 3] = voxel_size * np.rint(origin / voxel_size)
+    return affine
+
+
+def mm_to_voxel(affine, xyz_mm):
+    """Nearest voxel index of an mm coordinate.
+
+    Parameters
+    ----------
+    affine : numpy.ndarray
+        4x4 voxel-to-mm affine.
+    xyz_mm : sequence of float
+        Coordinate in mm.
+
+    Returns
+    -------
+    tuple of int
+    """
+    ijk = np.linalg.solve(affine, np.append(np.asarray(xyz_mm, float), 1.0))[:3]
+    return tuple(int(v) for v in np.rint(ijk))
+
+
+def voxel_to_mm(affine, ijk):
+    """Mm coordinate of a voxel centre, as a list of floats."""
+    return [float(v) for v in (affine @ np.append(np.asarray(ijk, float), 1.0))[:3]]
+
+
+def brain_mask(shape):
+    """Ellipsoid "brain" filling most of the grid.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Grid shape.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    centre = (np.asarray(shape, float) - 1) / 2
+    semi_axes = 0.45 * np.asarray(shape, float)
+    grids = np.indices(shape, dtype=float)
+    radius2 = sum(((g - c) / a) ** 2 for g, c, a in zip(grids, centre, semi_axes))
+    return radius2 <= 1.0
+
+
+def gaussian_blob(shape, ijk, sigma_vox=BLOB_SIGMA_VOX):
+    """Gaussian bump of peak 1 centred on voxel ``ijk``."""
+    grids = np.indices(shape, dtype=float)
+    dist2 = sum((g - c) ** 2 for g, c in zip(grids, ijk))
+    return np.exp(-dist2 / (2 * sigma_vox ** 2))
+
+
+def ball(shape, ijk, radius_vox):
+    """Boolean ball of ``radius_vox`` voxels around ``ijk``."""
+    grids = np.indices(shape, dtype=float)
+    return sum((g - c) ** 2 for g, c in zip(grids, ijk)) <= radius_vox ** 2
+
+
+def smooth_noise(rng, shape, sd=1.0):
+    """Gaussian noise smoothed with a ``NOISE_SIGMA_VOX`` kernel, rescaled to SD ``sd``.
+
+    The rescaling uses the kernel's L2 norm (not the sample SD), so the
+    expected voxel-wise SD is ``sd`` in the grid interior.
+    """
+    white = rng.standard_normal(shape)
+    impulse = np.zeros((9, 9, 9))
+    impulse[4, 4, 4] = 1.0
+    kernel_norm = np.sqrt(np.sum(ndimage.gaussian_filter(impulse, NOISE_SIGMA_VOX) ** 2))
+    return ndimage.gaussian_filter(white, NOISE_SIGMA_VOX) * (sd / kernel_norm)
+
+
+# --------------------------------------------------------------------------
+# Participants
+# --------------------------------------------------------------------------
+def subject_labels(n):
+    """Labels ``01..n`` zero-padded to a common width (at least 2)."""
+    width = max(2, len(str(n)))
+    return [str(i).zfill(width) for i in range(1, n + 1)]
+
+
+def balanced(rng, levels, n):
+    """A random permutation of ``levels`` repeated to length ``n``."""
+    return list(rng.permutation(np.resize(np.asarray(levels), n)))
+
+
+def make_participants(rng, n_with_maps, n_total):
+    """Draw the participants table.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n_with_maps : int
+        Subjects that get derivative maps (the first ``n_with_maps`` rows).
+    n_total : int
+        Rows in the table (``n_with_maps`` or ``n_with_maps + 1``).
+
+    Returns
+    -------
+    list of dict
+        One dict per participant; ``score`` is ``None`` for exactly two of
+        the subjects with maps.
+    """
+    labels = subject_labels(n_total)
+    ages = np.round(rng.uniform(20, 70, n_total), 1)
+    sexes = balanced(rng, ("F", "M"), n_total)
+    groups = balanced(rng, ("patient", "control"), n_with_maps) + ["control"] * (
+        n_total - n_with_maps)
+    scores = np.round(rng.normal(100, 15, n_total), 1)
+    sites = balanced(rng, SITES, n_total)
+    missing = set(rng.choice(n_with_maps, size=2, replace=False).tolist())
+    return [
+        {"participant_id": f"sub-{lab}", "age": float(ages[i]), "sex": str(sexes[i]),
+         "group": str(groups[i]), "score": None if i in missing else float(scores[i]),
+         "site": str(sites[i])}
+        for i, lab in enumerate(labels)
+    ]
+
+
+def participants_tsv(rows):
+    """Tab-separated participants table, ``n/a`` for missing values."""
+    columns = list(rows[0])
+    lines = ["\t".join(columns)]
+    for row in rows:
+        lines.append("\t".join("n/a" if row[c] is None else str(row[c]) for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+PARTICIPANTS_JSON = {
+    "participant_id": {"Description": "Participant label"},
+    "age": {"Description": "Age at scan", "Units": "year"},
+    "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
+    "group": {"Description": "Diagnostic group",
+              "Levels": {"patient": "patient", "control": "healthy control"}},
+    "score": {"Description": "Behavioural score (n/a where not acquired)",
+              "Units": "arbitrary"},
+    "site": {"Description": "Acquisition site",
+             "Levels": {"A": "site A", "B": "site B", "C": "site C"}},
+}
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON, creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def write_raw_dataset(root, rows, layout):
+    """Write the raw BIDS part: description, README, participants, tiny T1w per subject."""
+    write_json(root / "dataset_description.json",
+               {"Name": f"bids_group_app synthetic example ({layout})",
+                "BIDSVersion": "1.9.0", "DatasetType": "raw"})
+    (root / "README").write_text(
+        "Synthetic dataset written by bids_group_app.example_data "
+        f"(layout '{layout}').\nAll images are simulated; planted effects are "
+        "known. Not real data.\n")
+    (root / "participants.tsv").write_text(participants_tsv(rows))
+    write_json(root / "participants.json", PARTICIPANTS_JSON)
+    for row in rows:
+        sub = row["participant_id"]
+        if layout == "seed004":
+            path = root / sub / "ses-mri" / "anat" / f"{sub}_ses-mri_T1w.nii.gz"
+        else:
+            path = root / sub / "anat" / f"{sub}_T1w.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
+
+
+def write_derivative_description(deriv_root, layout):
+    """Write the derivative dataset's ``dataset_description.json``."""
+    name, generator = PIPELINES[layout]
+    write_json(deriv_root / "dataset_description.json",
+               {"Name": f"{name} (synthetic)", "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative", "GeneratedBy": [{"Name": generator}]})
+
+
+def float_image(data, affine, nifti2=False):
+    """Float32 NIfTI image in MNI space (sform/qform code 4)."""
+    cls = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    img = cls(data.astype(np.float32), affine)
+    img.header.set_xyzt_units("mm")
+    img.set_sform(affine, code=4)
+    img.set_qform(affine, code=4)
+    return img
+
+
+def int16_scaling(data):
+    """Power-of-two slope and slope-multiple intercept that fit ``data`` in int16.
+
+    Both are exact in float32, and 0 maps to an integer so it is stored
+    exactly. The quantisation error is at most ``slope / 2``.
+    """
+    lo, hi = float(np.min(data)), float(np.max(data))
+    half_range = max((hi - lo) / 2, 1e-6)
+    slope = 2.0 ** np.ceil(np.log2(half_range / 32000))
+    inter = float(np.rint((hi + lo) / 2 / slope)) * slope
+    return float(slope), inter
+
+
+def int16_image(data, affine):
+    """Int16 NIfTI-1 image with non-trivial ``scl_slope``/``scl_inter``."""
+    slope, inter = int16_scaling(data)
+    raw = np.rint((data - inter) / slope).astype(np.int16)
+    img = nib.Nifti1Image(raw, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_sform(affine, code=4)
+    img.set_qform(affine, code=4)
+    img.header.set_slope_inter(slope, inter)
+    return img
+
+
+def save_map(path, data, affine, mask, fmt):
+    """Save one map in the subject's format.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Destination, ending in ``.nii.gz``; replaced by ``.nii`` where
+        ``fmt["extension"] == ".nii"``.
+    data : numpy.ndarray
+        Map values (already zero outside ``mask``).
+    affine : numpy.ndarray
+    mask : numpy.ndarray of bool
+        Brain support; filled with NaN outside when ``fmt["background"]`` is NaN.
+    fmt : dict
+        A format record from :func:`subject_formats`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    path = path.with_name(path.name.replace(".nii.gz", fmt["extension"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt["background"] == "nan":
+        data = np.where(mask, data, np.nan)
+    if fmt["dtype"] == "int16":
+        img = int16_image(data, affine)
+    else:
+        img = float_image(data, affine, nifti2=fmt["nifti_version"] == 2)
+    nib.save(img, path)
+    return path
+
+
+def subject_formats(subjects, mixed):
+    """Per-subject file-format records (heterogeneous when ``mixed``)."""
+    special = [{"extension": ".nii"}, {"nifti_version": 2},
+               {"dtype": "int16", "scaled": True}, {"background": "nan"}]
+    formats = {}
+    for i, sub in enumerate(subjects):
+        extra = special[i] if mixed and i < len(special) else {}
+        formats[sub] = {**PLAIN_FORMAT, **extra}
+    return formats
+
+
+# --------------------------------------------------------------------------
+# Planted effects
+# --------------------------------------------------------------------------
+def place_blobs(specs, affine, mask):
+    """Snap blob specifications to voxels and check they lie in the brain.
+
+    Returns
+    -------
+    list of dict
+        Copies of ``specs`` with ``ijk`` and snapped ``xyz_mm`` (lists) and
+        ``sigma_vox``.
+
+    Raises
+    ------
+    ValueError
+        If a blob centre falls outside the brain support (grid too small).
+    """
+    placed = []
+    for spec in specs:
+        ijk = mm_to_voxel(affine, spec["xyz_mm"])
+        inside = all(0 <= v < n for v, n in zip(ijk, mask.shape)) and mask[ijk]
+        if not inside:
+            raise ValueError(f"blob {spec['name']!r} at {spec['xyz_mm']} mm falls "
+                             "outside the brain; use a larger shape or voxel_size")
+        placed.append({**spec, "ijk": list(ijk), "xyz_mm": voxel_to_mm(affine, ijk),
+                       "sigma_vox": BLOB_SIGMA_VOX})
+    return placed
+
+
+def null_region(affine, mask):
+    """Null ball (nothing planted) as a truth record."""
+    ijk = mm_to_voxel(affine, NULL_REGION["xyz_mm"])
+    if not mask[ijk]:
+        raise ValueError("null region falls outside the brain")
+    return {"ijk": list(ijk), "xyz_mm": voxel_to_mm(affine, ijk),
+            "radius_vox": NULL_REGION["radius_vox"]}
+
+
+def covariate_weights(rows, covariate):
+    """Per-subject multiplier of a blob for a covariate.
+
+    ``None`` → 1 (everyone); ``"group"`` → 1 for patients; ``"sex"`` → 1 for
+    F; numeric columns → value minus the mean over subjects that have it
+    (0 where missing).
+    """
+    if covariate is None:
+        return np.ones(len(rows))
+    if covariate == "group":
+        return np.array([r["group"] == "patient" for r in rows], float)
+    if covariate == "sex":
+        return np.array([r["sex"] == "F" for r in rows], float)
+    values = np.array([np.nan if r[covariate] is None else r[covariate] for r in rows])
+    centred = values - np.nanmean(values)
+    return np.nan_to_num(centred, nan=0.0)
+
+
+def covariate_mean(rows, covariate):
+    """Mean of a numeric covariate over subjects that have it, else None."""
+    if covariate in (None, "group", "sex"):
+        return None
+    return float(np.mean([r[covariate] for r in rows if r[covariate] is not None]))
+
+
+# --------------------------------------------------------------------------
+# Layout writers
+# --------------------------------------------------------------------------
+def variance_map(rng, shape, mask):
+    """Positive first-level variance map (0 outside ``mask``)."""
+    return np.where(mask, 0.25 * np.exp(0.2 * smooth_noise(rng, shape)), 0.0)
+
+
+def fitlins_t_z(effect, variance, mask, dof=100):
+    """First-level t and z maps (z has the t map's tail probability at ``dof``)."""
+    t_map = np.where(mask, effect / np.sqrt(np.where(mask, variance, 1.0)), 0.0)
+    z_map = np.sign(t_map) * stats.norm.isf(stats.t.sf(np.abs(t_map), dof))
+    return {"t": t_map, "z": z_map}
+
+
+def write_glm_layout(ctx, rows, blobs, fitlins):
+    """Write nilearn- or FitLins-style contrast maps; see module docstring."""
+    weights = {b["name"]: covariate_weights(rows, b["covariate"]) for b in blobs}
+    for s, row in enumerate(rows):
+        sub = row["participant_id"]
+        sub_dir = ctx["deriv"] / ("node-subjectLevel" if fitlins else "") / sub
+        for contrast in CONTRASTS:
+            effect = smooth_noise(ctx["rng"], ctx["shape"])
+            for blob in (b for b in blobs if b["contrast"] == contrast):
+                bump = gaussian_blob(ctx["shape"], blob["ijk"])
+                effect += blob["amplitude"] * weights[blob["name"]][s] * bump
+            maps = {"effect": np.where(ctx["mask"], effect, 0.0),
+                    "variance": variance_map(ctx["rng"], ctx["shape"], ctx["mask"])}
+            if fitlins:
+                maps.update(fitlins_t_z(maps["effect"], maps["variance"], ctx["mask"]))
+            stem = f"{sub}_task-localizer_contrast-{contrast}"
+            for stat, data in maps.items():
+                path = sub_dir / f"{stem}_stat-{stat}_statmap.nii.gz"
+                save_map(path, data, ctx["affine"], ctx["mask"], ctx["formats"][sub[4:]])
+    return {"contrasts": list(CONTRASTS)}
+
+
+def write_seed004_layout(ctx, rows, blobs):
+    """Write 9 condition effect maps (+ an EffectsOfInterest z distractor) per subject."""
+    offsets = ctx["rng"].normal(0.0, SEED004_OFFSET_SD, len(rows))
+    for s, row in enumerate(rows):
+        sub = row["participant_id"]
+        sub_dir = ctx["deriv"] / sub
+        for c, cond in enumerate(CONDITIONS):
+            effect = smooth_noise(ctx["rng"], ctx["shape"]) + offsets[s]
+            for blob in blobs:
+                bump = gaussian_blob(ctx["shape"], blob["ijk"])
+                effect += blob["amplitude"] * SEED004_PATTERNS[blob["name"]][c] * bump
+            path = sub_dir / f"{sub}_ses-mri_task-facerecognition_desc-{cond}_effect.nii.gz"
+            effect = np.where(ctx["mask"], effect, 0.0)
+            save_map(path, effect, ctx["affine"], ctx["mask"], PLAIN_FORMAT)
+        distractor = np.where(ctx["mask"], smooth_noise(ctx["rng"], ctx["shape"]), 0.0)
+        path = sub_dir / f"{sub}_ses-mri_task-facerecognition_desc-EffectsOfInterest_z.nii.gz"
+        save_map(path, distractor, ctx["affine"], ctx["mask"], PLAIN_FORMAT)
+    weights = {k: v.tolist() for k, v in SEED004_WEIGHTS.items()}
+    return {
+        "conditions": list(CONDITIONS),
+        "factors": {"stimulus": list(STIMULI), "presentation": list(PRESENTATIONS)},
+        "contrast_weights": weights,
+        "subject_offsets": {r["participant_id"][4:]: float(o) for r, o in zip(rows, offsets)},
+    }
+
+
+def write_vbm_layout(ctx, rows, blobs):
+    """Write grey-matter probability maps in [0, 1] (0 outside the brain)."""
+    weights = {b["name"]: covariate_weights(rows, b["covariate"]) for b in blobs}
+    for s, row in enumerate(rows):
+        sub = row["participant_id"]
+        gm = VBM_GM_BASELINE + smooth_noise(ctx["rng"], ctx["shape"], sd=VBM_NOISE_SD)
+        for blob in blobs:
+            bump = gaussian_blob(ctx["shape"], blob["ijk"])
+            gm += blob["amplitude"] * weights[blob["name"]][s] * bump
+        gm = np.where(ctx["mask"], np.clip(gm, 0.0, 1.0), 0.0)
+        name = f"{sub}_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz"
+        path = ctx["deriv"] / sub / "anat" / name
+        save_map(path, gm, ctx["affine"], ctx["mask"], PLAIN_FORMAT)
+    return {"contrasts": [], "label": "GM", "baseline": VBM_GM_BASELINE,
+            "noise_sd": VBM_NOISE_SD}
+
+
+def layout_blob_specs(layout):
+    """Blob specifications of a layout, with their contrast/condition info."""
+    if layout in ("nilearn", "fitlins"):
+        return GLM_BLOBS
+    if layout == "seed004":
+        return tuple({**b, "contrast": b["name"], "covariate": None,
+                      "condition_pattern": SEED004_PATTERNS[b["name"]].tolist(),
+                      "contrast_weights": SEED004_WEIGHTS[b["name"]].tolist()}
+                     for b in SEED004_BLOBS)
+    return tuple({**b, "contrast": None} for b in VBM_BLOBS)
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
+                         shape=(20, 24, 20), voxel_size=8.0, mixed_formats=False,
+                         extra_participant=True):
+    """Write a synthetic raw BIDS dataset with first-level derivatives.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        Dataset folder (created; existing files are overwritten).
+    layout : {"nilearn", "fitlins", "seed004", "vbm"}
+        Which derivative layout to write (see module docstring).
+    n_subjects : int, optional
+        Subjects with derivative maps (default 16; 20 for ``"vbm"``); >= 4.
+    seed : int
+        Seed for ``numpy.random.default_rng``; same seed, same bytes.
+    shape : tuple of int
+        Grid shape of the maps.
+    voxel_size : float
+        Isotropic voxel size in mm.
+    mixed_formats : bool
+        ``"nilearn"`` layout only: subject 1 as ``.nii``, 2 as NIfTI-2, 3 as
+        scaled int16, 4 with NaN background, the rest float32 ``.nii.gz``.
+    extra_participant : bool
+        Add one participant (raw T1w and participants.tsv row, no maps).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable ``truth``: ``layout``, ``root``, ``derivatives``,
+        ``subjects``, ``participant_without_maps``, ``missing_score_subjects``,
+        ``affine``, ``shape``, ``voxel_size``, ``seed``, ``noise_sd``,
+        ``brain`` , ``blobs``, ``null_region``, ``formats`` (per subject),
+        plus ``contrasts`` (GLM layouts, vbm: empty) or ``conditions``,
+        ``factors``, ``contrast_weights``, ``subject_offsets`` (seed004).
+        Blob ``amplitude`` is the planted peak in map units; for
+        ``kind == "regression"`` it is per unit of the mean-centred covariate.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    n_subjects = DEFAULT_N_SUBJECTS[layout] if n_subjects is None else int(n_subjects)
+    if n_subjects < 4:
+        raise ValueError("n_subjects must be at least 4")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    affine = mni_affine(shape, float(voxel_size))
+    mask = brain_mask(tuple(shape))
+    blobs = place_blobs(layout_blob_specs(layout), affine, mask)
+    null = null_region(affine, mask)
+
+    all_rows = make_participants(rng, n_subjects, n_subjects + bool(extra_participant))
+    rows = all_rows[:n_subjects]
+    subjects = [r["participant_id"][4:] for r in rows]
+    deriv = root / "derivatives" / PIPELINES[layout][0]
+    mixed = bool(mixed_formats) and layout == "nilearn"
+    formats = subject_formats(subjects, mixed)
+    ctx = {"rng": rng, "shape": tuple(shape), "affine": affine, "mask": mask,
+           "deriv": deriv, "formats": formats}
+
+    write_raw_dataset(root, all_rows, layout)
+    write_derivative_description(deriv, layout)
+    if layout in ("nilearn", "fitlins"):
+        extra = write_glm_layout(ctx, rows, blobs, fitlins=layout == "fitlins")
+    elif layout == "seed004":
+        extra = write_seed004_layout(ctx, rows, blobs)
+    else:
+        extra = write_vbm_layout(ctx, rows, blobs)
+
+    for blob in blobs:
+        blob["xyz_mm"] = list(blob["xyz_mm"])
+        blob["covariate_mean"] = covariate_mean(rows, blob.get("covariate"))
+    return {
+        "layout": layout,
+        "root": str(root),
+        "derivatives": str(deriv),
+        "subjects": subjects,
+        "participant_without_maps": (all_rows[-1]["participant_id"][4:]
+                                     if extra_participant else None),
+        "missing_score_subjects": [r["participant_id"][4:] for r in rows if r["score"] is None],
+        "affine": affine.tolist(),
+        "shape": list(shape),
+        "voxel_size": float(voxel_size),
+        "seed": seed,
+        "noise_sd": VBM_NOISE_SD if layout == "vbm" else 1.0,
+        "brain": {"centre_ijk": ((np.asarray(shape, float) - 1) / 2).tolist(),
+                  "semi_axes_vox": (0.45 * np.asarray(shape, float)).tolist()},
+        "blobs": blobs,
+        "null_region": null,
+        "formats": formats,
+        **extra,
+    }
+
+
+def example_command(truth):
+    """A ``bids_group_app`` command line for a dataset written by :func:`make_example_dataset`."""
+    root = truth["root"]
+    return f"bids_group_app {root} {root}/derivatives/bids_group_app group"
+
+
+def parse_args(argv):
+    """Parse the console script's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="bids_group_app_make_example",
+        description="Write a small synthetic BIDS dataset with first-level "
+                    "derivatives and planted effects (no download).")
+    parser.add_argument("directory", help="output folder (must not exist or be empty)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="nilearn")
+    parser.add_argument("--n-subjects", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Console script ``bids_group_app_make_example``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success; 73 if the folder exists and is not empty (or is a
+        file); 64 for an invalid option value.
+    """
+    args = parse_args(argv)
+    root = Path(args.directory)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        print(f"bids_group_app_make_example: {root} exists and is not empty; "
+              "choose a new folder", file=sys.stderr)
+        return EXIT_OUTPUT_EXISTS
+    try:
+        truth = make_example_dataset(root, args.layout, n_subjects=args.n_subjects,
+                                     seed=args.seed)
+    except ValueError as err:
+        print(f"bids_group_app_make_example: {err}", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    print(f"Wrote example BIDS dataset ({args.layout}, {len(truth['subjects'])} "
+          f"subjects) to {root}; try: {example_command(truth)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

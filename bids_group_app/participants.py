@@ -1,0 +1,103 @@
+"""participants.tsv: read it and join it onto the indexed maps."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+LOGGER = logging.getLogger(__name__)
+MATCHED = "_in_participants"
+
+
+def strip_sub(label):
+    """Return a participant label without its ``sub-`` prefix."""
+    label = str(label).strip()
+    return label[4:] if label.startswith("sub-") else label
+
+
+def read_participants(bids_dir):
+    """Read ``BIDS_DIR/participants.tsv``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by participant label (without ``sub-``). Columns whose
+        non-missing values all parse as numbers are float; others are
+        strings. ``n/a`` and empty cells are missing. An empty frame when the
+        file does not exist.
+    """
+    path = bids_dir / "participants.tsv"
+    if not path.is_file():
+        return pd.DataFrame(index=pd.Index([], name="participant_id", dtype=object))
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", "N/A", "NaN", "nan", ""], keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        raise DataError(f"{path} is not a readable tab-separated table: {err}") from None
+    if "participant_id" not in table.columns:
+        raise DataError(f"{path} has no participant_id column (columns: {', '.join(table.columns)})")
+    table["participant_id"] = table["participant_id"].map(strip_sub)
+    duplicated = table["participant_id"][table["participant_id"].duplicated()].tolist()
+    if duplicated:
+        raise DataError(f"{path} lists participant(s) more than once: {', '.join(duplicated)}")
+    table = table.set_index("participant_id")
+    for column in table.columns:
+        numeric = pd.to_numeric(table[column], errors="coerce")
+        if numeric.notna().sum() == table[column].notna().sum():
+            table[column] = numeric.astype(float)
+        else:
+            table[column] = table[column].astype(object)
+    return table
+
+
+def join_participants(maps, participants, entity_columns):
+    """Add participants.tsv columns to the table of maps (one row per map).
+
+    A participants column that has the name of an entity is not joined
+    (the entity wins) and a warning says so. The boolean column
+    ``_in_participants`` tells which maps had a row.
+
+    Returns
+    -------
+    joined : pandas.DataFrame
+    report : dict
+        ``without_row``: subjects with maps but no participants.tsv row;
+        ``without_maps``: participants.tsv rows with no selected map.
+    """
+    clashing = [c for c in participants.columns if c in entity_columns]
+    if clashing:
+        LOGGER.warning("participants.tsv column(s) %s share a name with an entity; the entity is used", clashing)
+    columns = [c for c in participants.columns if c not in clashing]
+    joined = maps.join(participants[columns], on="subject")
+    joined[MATCHED] = maps["subject"].isin(participants.index).to_numpy()
+    subjects = set(maps["subject"])
+    report = {
+        "without_row": sorted(subjects - set(participants.index)),
+        "without_maps": sorted(set(participants.index) - subjects),
+    }
+    if len(participants.index) and report["without_row"]:
+        LOGGER.warning("subjects with maps but no row in participants.tsv: %s", ", ".join(report["without_row"]))
+    if report["without_maps"]:
+        LOGGER.warning("participants.tsv rows with no selected map: %s", ", ".join(report["without_maps"]))
+    return joined, report
+
+
+def is_numeric(series):
+    """True when a column holds numbers (or booleans) only."""
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def levels(series):
+    """Sorted distinct non-missing values of a column, as strings."""
+    values = series.dropna()
+    if is_numeric(values):
+        return [_num_label(v) for v in sorted(values.unique())]
+    return sorted(map(str, values.unique()))
+
+
+def _num_label(value):
+    value = float(value)
+    return str(int(value)) if np.isfinite(value) and value.is_integer() else str(value)

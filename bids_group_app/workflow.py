@@ -1,0 +1,332 @@
+"""The group analysis, top to bottom.
+
+model spec → inputs → design → data matrix → GLM → inference → outputs.
+:func:`plan` does every check that needs no image data (inputs, model,
+designs, contrasts) so that most bad input fails before anything is
+computed; :func:`execute` loads the maps, fits, and writes through a staging
+folder that is committed only when every cell succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import inputs as inputs_stage
+from .data_matrix import build_data_matrix
+from .design import build_design
+from .errors import DataError, MissingInputError, NoFilesSelectedError, UnknownAnalysisLevelError, UsageError
+from .glm import contrast_maps, fit_ols
+from .inference import threshold_contrast
+from .model_spec import auto_group_by, load_model, model_from_options, parse_model
+from .outputs import (
+    NONSTANDARD_ENTITIES,
+    OutputWriter,
+    bidsignore,
+    cell_prefix,
+    dataset_description,
+    join_name,
+    sanitize_label,
+    software_versions,
+)
+from .participants import MATCHED, join_participants, levels, read_participants, strip_sub
+
+LOGGER = logging.getLogger(__name__)
+SHORT_DESIGN_OPTIONS = ("one_sample", "two_sample", "paired", "rm_anova", "covariates", "demean", "contrast", "group_by")
+
+
+@dataclass
+class Cell:
+    """One model fit: a node and the GroupBy values it was fit for."""
+
+    node: object
+    group_values: dict
+    design: object
+    prefix: str
+
+
+@dataclass
+class Plan:
+    """Everything decided before any image is loaded."""
+
+    bids_dir: Path
+    output_dir: Path
+    derivatives: list
+    document: dict
+    filters: dict
+    cells: list = field(default_factory=list)
+    participants_report: dict = field(default_factory=dict)
+
+
+def _check_paths(options):
+    if options.analysis_level != "group":
+        raise UnknownAnalysisLevelError(
+            f"analysis level '{options.analysis_level}' is not supported; this app runs the 'group' level"
+        )
+    bids_dir = options.bids_dir.expanduser().resolve()
+    if not bids_dir.is_dir():
+        raise MissingInputError(f"BIDS_DIR {options.bids_dir} does not exist or is not a directory")
+    output_dir = options.output_dir.expanduser().resolve()
+    if output_dir == bids_dir or bids_dir.is_relative_to(output_dir):
+        raise UsageError(f"OUTPUT_DIR {output_dir} would overwrite BIDS_DIR {bids_dir}; choose another folder (e.g. BIDS_DIR/derivatives/group)")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"OUTPUT_DIR {output_dir} exists and is not a directory")
+    if not options.skip_bids_validation:
+        description = bids_dir / "dataset_description.json"
+        if not description.is_file():
+            raise MissingInputError(f"{bids_dir} is not a BIDS dataset: dataset_description.json is missing (or pass --skip-bids-validation)")
+        try:
+            json.loads(description.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{description} is not valid JSON: {err}") from None
+    return bids_dir, output_dir
+
+
+def _derivatives(options, bids_dir, output_dir):
+    derivatives = [Path(d).resolve() for d in inputs_stage.resolve_derivatives(bids_dir, options.derivatives)]
+    for deriv in derivatives:
+        if output_dir == deriv or output_dir.is_relative_to(deriv) or deriv.is_relative_to(output_dir):
+            if options.derivatives is None and deriv.is_relative_to(output_dir):
+                continue
+            raise UsageError(f"OUTPUT_DIR {output_dir} overlaps the input derivative dataset {deriv}; choose a separate folder")
+    kept = [d for d in derivatives if not d.is_relative_to(output_dir)]
+    if not kept:
+        raise MissingInputError(f"no first-level derivative dataset besides OUTPUT_DIR under {bids_dir / 'derivatives'}; pass --derivatives DIR")
+    return kept
+
+
+def _merge_filters(*sources):
+    merged = {}
+    for source in sources:
+        for key, values in source.items():
+            merged[key] = list(values)
+    return merged
+
+
+def _cli_filters(options):
+    from_file = inputs_stage.load_bids_filter_file(options.bids_filter_file) if options.bids_filter_file else {}
+    return _merge_filters(from_file, inputs_stage.parse_filter_args(options.filter))
+
+
+def _value_matches(series, wanted):
+    if None in wanted:
+        return series.isna()
+    as_text = series.map(lambda v: v if pd.isna(v) else levels(pd.Series([v]))[0])
+    return as_text.isin([str(w) for w in wanted])
+
+
+def _apply_node_filters(table, node):
+    rows = table
+    for key, wanted in node.filters.items():
+        if key not in rows.columns:
+            raise DataError(f"node '{node.name}' Filter names '{key}', which is neither an entity nor a participants.tsv column")
+        kept = rows[_value_matches(rows[key], wanted)]
+        if kept.empty:
+            raise NoFilesSelectedError(
+                f"node '{node.name}' Filter {key}={','.join(map(str, wanted))} selects no map; values present: {', '.join(levels(rows[key]))}"
+            )
+        rows = kept
+    return rows
+
+
+def _cells(table, node, entity_columns):
+    for key in node.group_by:
+        if key not in table.columns:
+            available = [c for c in table.columns if c not in ("path", MATCHED) and table[c].notna().any()]
+            raise DataError(f"node '{node.name}' GroupBy names '{key}', not an entity or participants.tsv column; available: {', '.join(available)}")
+    if not node.group_by:
+        yield {}, table
+        return
+    keys = list(node.group_by)
+    grouped = table.dropna(subset=keys).groupby(keys, sort=True)
+    for values, rows in grouped:
+        values = values if isinstance(values, tuple) else (values,)
+        yield {k: (levels(pd.Series([v]))[0] if not isinstance(v, str) else v) for k, v in zip(keys, values)}, rows
+
+
+def _check_collisions(rows, node, group_values, entity_columns):
+    within = [e for e in entity_columns if e != "subject" and e in rows.columns and
+              any(str(v) in node.x for v in rows[e].dropna().unique()) or e in node.x]
+    keys = ["subject"] + [k for k in node.group_by if k in rows.columns] + [e for e in within if e in rows.columns and e not in node.group_by]
+    collisions = inputs_stage.find_collisions(rows, keys)
+    if collisions:
+        first = collisions[0]
+        where = ", ".join(f"{k}={v}" for k, v in group_values.items()) or "the model"
+        varying = [c for c in entity_columns if c in rows.columns and rows[rows["path"].isin(first)][c].nunique(dropna=False) > 1]
+        raise DataError(
+            f"{len(collisions)} subject(s) have more than one map in {where} (one map per subject per cell is needed), "
+            f"e.g. {', '.join(Path(p).name for p in first)}; they differ by {', '.join(varying) or 'path'}: select one with --filter, or add it to GroupBy"
+        )
+
+
+def plan(options):
+    """Check inputs and model and build every cell's design.
+
+    Raises
+    ------
+    AppError subclasses, each with its exit code.
+    """
+    bids_dir, output_dir = _check_paths(options)
+    if options.model and any(getattr(options, o) for o in SHORT_DESIGN_OPTIONS):
+        given = [f"--{o.replace('_', '-')}" for o in SHORT_DESIGN_OPTIONS if getattr(options, o)]
+        raise UsageError(f"--model and the short design options ({', '.join(given)}) exclude each other; put the design in the model file")
+    model = load_model(options.model) if options.model else None
+    derivatives = _derivatives(options, bids_dir, output_dir)
+    table = inputs_stage.index_maps(bids_dir, derivatives, database_dir=options.bids_database_dir)
+    if table.empty:
+        raise MissingInputError(f"no image with a sub-<label> entity in {', '.join(map(str, derivatives))}")
+    participants = read_participants(bids_dir)
+    cli_filters = _cli_filters(options)
+    labels = [strip_sub(p) for p in options.participant_label or []]
+
+    if model is None:
+        pre = _merge_filters(inputs_stage.default_filters(table), cli_filters)
+        selected = inputs_stage.select_maps(table, pre, labels or None)
+        document = model_from_options(options, selected, participants)
+        model_filters = document["Input"]
+    else:
+        document = json.loads(json.dumps(model.document))
+        model_filters = model.input_filters
+    subject_filter = model_filters.get("subject")
+    explicit = _merge_filters({k: v for k, v in model_filters.items() if k != "subject"}, cli_filters)
+    filters = _merge_filters({k: v for k, v in inputs_stage.default_filters(table).items() if k not in explicit}, explicit)
+    selected = inputs_stage.select_maps(table, filters, labels or subject_filter or None)
+    if model is None and not options.group_by:
+        document["Nodes"][0]["GroupBy"] = auto_group_by(selected, exclude=list(document["Input"]))
+    document["Input"] = {**filters, **({"subject": sorted(selected["subject"].unique())} if labels or subject_filter else {})}
+    model = parse_model(document)
+
+    entity_columns = [c for c in table.columns if c not in ("path", "dataset")]
+    joined, report = join_participants(selected, participants, entity_columns)
+    result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report)
+    prefixes = set()
+    for node in model.nodes:
+        rows = _apply_node_filters(joined, node)
+        for group_values, cell_rows in _cells(rows, node, entity_columns):
+            _check_collisions(cell_rows, node, group_values, entity_columns)
+            design = build_design(cell_rows.reset_index(drop=True), node, entity_columns)
+            prefix = cell_prefix(group_values)
+            names = [sanitize_label(c.name) for c in design.contrasts]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise UsageError(f"contrast names of node '{node.name}' collide once made BIDS labels: {', '.join(duplicates)}; rename them")
+            key = (sanitize_label(node.name), prefix)
+            if key in prefixes:
+                raise UsageError(f"two nodes are named '{key[0]}' once made BIDS labels; rename one")
+            prefixes.add(key)
+            result.cells.append(Cell(node, group_values, design, prefix))
+    LOGGER.info("planned %d model cell(s) from %d maps", len(result.cells), len(selected))
+    return result
+
+
+def _relative_input(path, derivatives):
+    for root in derivatives:
+        if Path(path).is_relative_to(root):
+            return f"bids:{root.name}:{Path(path).relative_to(root)}"
+    return str(path)
+
+
+def _design_sidecar(cell, plan_, dm, options):
+    design = cell.design
+    return {
+        "Node": cell.node.name,
+        "GroupBy": cell.group_values,
+        "Columns": list(design.matrix.columns),
+        "Rank": design.rank,
+        "DegreesOfFreedom": design.dof,
+        "NumberOfMaps": len(design.rows),
+        "Subjects": sorted(design.rows["subject"].unique()),
+        "Inputs": [_relative_input(p, plan_.derivatives) for p in design.rows["path"]],
+        "DroppedSubjects": [
+            {"subject": d["subject"], "input": _relative_input(d["path"], plan_.derivatives), "reason": d["reason"]}
+            for d in design.dropped
+        ],
+        "ParticipantsWithoutMaps": plan_.participants_report.get("without_maps", []),
+        "SubjectsWithoutParticipantsRow": plan_.participants_report.get("without_row", []),
+        "Mask": {"Source": options.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1])},
+        "SmoothingFWHM": options.smoothing_fwhm,
+        "ResampledInputs": [_relative_input(p, plan_.derivatives) for p in dm.resampled],
+    }
+
+
+def _write_cell(writer, cell, plan_, options, versions):
+    design = cell.design
+    node_dir = f"node-{sanitize_label(cell.node.name)}"
+    dm = build_data_matrix(list(design.rows["path"]), mask=options.mask, smoothing_fwhm=options.smoothing_fwhm)
+    labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
+    common = _design_sidecar(cell, plan_, dm, options)
+    writer.table(f"{node_dir}/{join_name(cell.prefix, 'design.tsv')}", design.matrix)
+    writer.json(f"{node_dir}/{join_name(cell.prefix, 'design.json')}", {**common, "SoftwareVersions": versions})
+    writer.image(f"{node_dir}/{join_name(cell.prefix, 'mask.nii.gz')}", dm.mask_img)
+    for contrast in design.contrasts:
+        maps = contrast_maps(labels, results, contrast.vector, contrast.test)
+        base = join_name(cell.prefix, f"contrast-{sanitize_label(contrast.name)}")
+        about = {
+            "Contrast": {"Name": contrast.name, "Test": contrast.test, "Weights": contrast.weights.tolist() if contrast.test == "F" else contrast.weights[0].tolist(),
+                         "Columns": list(design.matrix.columns)},
+            "DegreesOfFreedom": maps.dof,
+            **({"NumeratorDegreesOfFreedom": maps.df_num} if contrast.test == "F" else {}),
+            "PValue": "one-sided, upper tail of the t/F distribution (nilearn convention)",
+            "ZScore": "standard-normal quantile of the one-sided p-value",
+        }
+        for stat, values in maps.as_dict().items():
+            img = dm.masker.inverse_transform(values.astype(np.float32))
+            writer.image(f"{node_dir}/{base}_stat-{stat}_statmap.nii.gz", img)
+            writer.json(f"{node_dir}/{base}_stat-{stat}_statmap.json",
+                        {"Statistic": stat, **about, **common, "SoftwareVersions": versions})
+        z_img = dm.masker.inverse_transform(maps.z.astype(np.float32))
+        thresholded = threshold_contrast(
+            z_img, dm.mask_img, height_control=options.height_control, alpha=options.alpha,
+            cluster_threshold=options.cluster_threshold, two_sided=options.two_sided and contrast.test == "t",
+        )
+        if thresholded is not None:
+            thresh = sanitize_label(options.height_control)
+            writer.image(f"{node_dir}/{base}_stat-z_thresh-{thresh}_statmap.nii.gz",
+                         nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine))
+            writer.json(f"{node_dir}/{base}_stat-z_thresh-{thresh}_statmap.json",
+                        {"Statistic": "z", **about, **thresholded.describe(), **common, "SoftwareVersions": versions})
+            writer.table(f"{node_dir}/{base}_thresh-{thresh}_clusters.tsv", thresholded.clusters)
+            writer.json(f"{node_dir}/{base}_thresh-{thresh}_clusters.json", {
+                "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded z map; X/Y/Z in mm (world coordinates of the inputs)",
+                **thresholded.describe(),
+            })
+    return len(design.contrasts)
+
+
+def execute(plan_, options, argv=None):
+    """Fit every cell and write the derivative dataset; returns written paths."""
+    writer = OutputWriter(plan_.output_dir)
+    versions = software_versions()
+    try:
+        for cell in plan_.cells:
+            LOGGER.info("fitting node %s %s (%d maps)", cell.node.name, cell.group_values or "", len(cell.design.rows))
+            _write_cell(writer, cell, plan_, options, versions)
+        model_name = sanitize_label(plan_.document.get("Name", "model"))
+        writer.json(f"model-{model_name}_smdl.json", plan_.document)
+        writer.json(f"logs/config-{time.strftime('%Y%m%d-%H%M%S')}.json", {
+            "CommandLine": ["bids_group_app"] + list(sys.argv[1:] if argv is None else argv),
+            "Options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
+            "Filters": plan_.filters,
+            "SoftwareVersions": versions,
+        })
+        writer.json("dataset_description.json", dataset_description(plan_.derivatives))
+        writer.text(".bidsignore", bidsignore())
+        written = list(writer.written)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return [plan_.output_dir / p for p in written]
+
+
+def run(options, argv=None):
+    """Plan and execute a group analysis; returns the written paths."""
+    return execute(plan(options), options, argv)

@@ -1,0 +1,389 @@
+"""Tests for the synthetic example-dataset generator."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_group_app.example_data import (
+    CONDITIONS,
+    LAYOUTS,
+    ball,
+    brain_mask,
+    main,
+    make_example_dataset,
+)
+
+GLM_STEM = "sub-{s}_task-localizer_contrast-{c}_stat-{stat}_statmap.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def datasets(tmp_path_factory):
+    """One dataset per layout with default settings, generated once."""
+    base = tmp_path_factory.mktemp("example_data")
+    return {layout: make_example_dataset(base / layout, layout) for layout in LAYOUTS}
+
+
+@pytest.fixture(scope="session")
+def mixed(tmp_path_factory):
+    """A nilearn-layout dataset with heterogeneous file formats."""
+    return make_example_dataset(tmp_path_factory.mktemp("mixed") / "ds", "nilearn",
+                                mixed_formats=True)
+
+
+def relative_files(root):
+    """Sorted relative paths of every file under ``root``."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+
+
+def load_stack(paths):
+    """Stack the float data of several images (subject first)."""
+    return np.stack([nib.load(p).get_fdata() for p in paths])
+
+
+def one_sample_t(y):
+    """Voxel-wise one-sample t statistic over the first axis (NaN where constant)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return y.mean(0) / (y.std(0, ddof=1) / np.sqrt(y.shape[0]))
+
+
+def glm_effects(truth, contrast):
+    """Effect maps of one contrast for all subjects of a nilearn dataset."""
+    deriv = Path(truth["derivatives"])
+    return load_stack([deriv / f"sub-{s}" / GLM_STEM.format(s=s, c=contrast, stat="effect")
+                       for s in truth["subjects"]])
+
+
+def participants(truth):
+    """participants.tsv of a dataset, indexed by label without ``sub-``."""
+    table = pd.read_csv(Path(truth["root"]) / "participants.tsv", sep="\t",
+                        na_values="n/a", keep_default_na=False)
+    return table.set_index(table["participant_id"].str[4:])
+
+
+def blob(truth, name):
+    """The truth record of a named blob."""
+    return next(b for b in truth["blobs"] if b["name"] == name)
+
+
+# --------------------------------------------------------------------------
+# File names
+# --------------------------------------------------------------------------
+def expected_subject_files(layout, s):
+    """Exact derivative file names for subject ``s`` (relative to the derivative root)."""
+    if layout == "nilearn":
+        return {f"sub-{s}/" + GLM_STEM.format(s=s, c=c, stat=st)
+                for c in ("motor", "language") for st in ("effect", "variance")}
+    if layout == "fitlins":
+        return {f"node-subjectLevel/sub-{s}/" + GLM_STEM.format(s=s, c=c, stat=st)
+                for c in ("motor", "language") for st in ("effect", "variance", "t", "z")}
+    if layout == "seed004":
+        stem = f"sub-{s}/sub-{s}_ses-mri_task-facerecognition_desc-"
+        return {stem + f"{c}_effect.nii.gz" for c in CONDITIONS} | {
+            stem + "EffectsOfInterest_z.nii.gz"}
+    return {f"sub-{s}/anat/sub-{s}_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz"}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_derivative_file_names(datasets, layout):
+    truth = datasets[layout]
+    deriv = Path(truth["derivatives"])
+    expected = {"dataset_description.json"}
+    for s in truth["subjects"]:
+        expected |= expected_subject_files(layout, s)
+    assert set(relative_files(deriv)) == expected
+    assert deriv.name == {"nilearn": "nilearn_glm", "fitlins": "fitlins",
+                          "seed004": "first-level", "vbm": "cat12"}[layout]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_default_subject_counts(datasets, layout):
+    n = len(datasets[layout]["subjects"])
+    assert n == (20 if layout == "vbm" else 16)
+    assert datasets[layout]["subjects"][:2] == ["01", "02"]
+
+
+def test_seed004_has_nine_effects_per_subject_and_distractors(datasets):
+    truth = datasets["seed004"]
+    files = relative_files(truth["derivatives"])
+    n = len(truth["subjects"])
+    assert sum(f.endswith("_effect.nii.gz") for f in files) == 9 * n
+    assert sum(f.endswith("desc-EffectsOfInterest_z.nii.gz") for f in files) == n
+    assert truth["conditions"] == ["IniFF", "ImmFF", "DelFF", "IniUF", "ImmUF", "DelUF",
+                                   "IniSF", "ImmSF", "DelSF"]
+
+
+# --------------------------------------------------------------------------
+# Raw dataset and descriptions
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dataset_descriptions(datasets, layout):
+    truth = datasets[layout]
+    raw = json.loads((Path(truth["root"]) / "dataset_description.json").read_text())
+    assert raw["BIDSVersion"] == "1.9.0" and raw["DatasetType"] == "raw" and raw["Name"]
+    deriv = json.loads((Path(truth["derivatives"]) / "dataset_description.json").read_text())
+    assert deriv["DatasetType"] == "derivative"
+    assert deriv["GeneratedBy"][0]["Name"]
+    assert Path(truth["derivatives"]).parent == Path(truth["root"]) / "derivatives"
+    assert (Path(truth["root"]) / "README").is_file()
+
+
+def test_participants_table(datasets):
+    truth = datasets["nilearn"]
+    table = participants(truth)
+    assert list(table.columns) == ["participant_id", "age", "sex", "group", "score", "site"]
+    assert list(table.index) == truth["subjects"] + [truth["participant_without_maps"]]
+    assert truth["participant_without_maps"] == "17"
+    assert table["age"].dtype == float and table["age"].notna().all()
+    assert set(table["sex"]) == {"F", "M"}
+    assert set(table["site"]) == {"A", "B", "C"}
+    with_maps = table.loc[truth["subjects"]]
+    assert (with_maps["group"] == "patient").sum() == (with_maps["group"] == "control").sum()
+    assert sorted(table.index[table["score"].isna()]) == truth["missing_score_subjects"]
+    assert len(truth["missing_score_subjects"]) == 2
+    assert "n/a" in (Path(truth["root"]) / "participants.tsv").read_text()
+    sidecar = json.loads((Path(truth["root"]) / "participants.json").read_text())
+    assert set(sidecar) == set(table.columns)
+
+
+def test_extra_participant_has_raw_data_but_no_maps(datasets):
+    truth = datasets["nilearn"]
+    extra = truth["participant_without_maps"]
+    assert (Path(truth["root"]) / f"sub-{extra}" / "anat" / f"sub-{extra}_T1w.nii.gz").is_file()
+    assert not (Path(truth["derivatives"]) / f"sub-{extra}").exists()
+
+
+def test_extra_participant_can_be_disabled(tmp_path):
+    truth = make_example_dataset(tmp_path / "ds", "vbm", n_subjects=6,
+                                 extra_participant=False)
+    assert truth["participant_without_maps"] is None
+    assert list(participants(truth).index) == truth["subjects"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pybids_sees_subjects(datasets, layout):
+    bids = pytest.importorskip("bids")
+    truth = datasets[layout]
+    layout_obj = bids.BIDSLayout(truth["root"], derivatives=True, validate=False)
+    assert set(layout_obj.get_subjects()) == set(truth["subjects"]) | {
+        truth["participant_without_maps"]}
+    deriv_subjects = layout_obj.get(scope="derivatives", return_type="id",
+                                    target="subject", extension=[".nii", ".nii.gz"])
+    assert sorted(deriv_subjects) == truth["subjects"]
+
+
+# --------------------------------------------------------------------------
+# Geometry and truth
+# --------------------------------------------------------------------------
+def test_truth_is_json_serialisable_and_complete(datasets):
+    for truth in datasets.values():
+        assert json.loads(json.dumps(truth)) == truth
+        for key in ("layout", "root", "derivatives", "subjects", "participant_without_maps",
+                    "missing_score_subjects", "affine", "shape", "blobs", "null_region",
+                    "formats"):
+            assert key in truth
+    assert "contrasts" in datasets["nilearn"] and "conditions" in datasets["seed004"]
+
+
+def test_affine_follows_mni_convention(datasets):
+    truth = datasets["nilearn"]
+    affine = np.array(truth["affine"])
+    img = nib.load(Path(truth["derivatives"]) / "sub-01" /
+                   GLM_STEM.format(s="01", c="motor", stat="effect"))
+    np.testing.assert_allclose(img.affine, affine)
+    assert img.shape == tuple(truth["shape"]) == (20, 24, 20)
+    assert affine[0, 0] == -8.0 and affine[1, 1] == 8.0 and affine[2, 2] == 8.0
+    centre = affine @ np.append((np.array(truth["shape"]) - 1) / 2, 1)
+    assert np.all(np.abs(centre[:3] - [0, -18, 18]) <= 4)
+
+
+def test_blobs_are_recorded_consistently(datasets):
+    for truth in datasets.values():
+        affine = np.array(truth["affine"])
+        mask = brain_mask(tuple(truth["shape"]))
+        centres = [truth["null_region"]["ijk"]] + [b["ijk"] for b in truth["blobs"]]
+        for b in truth["blobs"] + [truth["null_region"]]:
+            np.testing.assert_allclose(affine @ np.append(b["ijk"], 1), b["xyz_mm"] + [1])
+            assert mask[tuple(b["ijk"])]
+        dists = [np.linalg.norm(np.subtract(a, c)) for i, a in enumerate(centres)
+                 for c in centres[i + 1:]]
+        assert min(dists) >= 4
+    names = {b["name"]: b["contrast"] for b in datasets["nilearn"]["blobs"]}
+    assert names == {"motor_mean": "motor", "group_diff": "motor", "age_effect": "motor",
+                     "score_effect": "motor", "language_mean": "language"}
+
+
+def test_maps_are_zero_outside_the_brain(datasets):
+    truth = datasets["nilearn"]
+    data = glm_effects(truth, "motor")
+    outside = ~brain_mask(tuple(truth["shape"]))
+    assert np.all(data[:, outside] == 0)
+    assert np.all(data[:, ~outside] != 0)
+
+
+# --------------------------------------------------------------------------
+# Determinism
+# --------------------------------------------------------------------------
+def test_same_seed_gives_identical_bytes(datasets, tmp_path):
+    first = datasets["nilearn"]
+    second = make_example_dataset(tmp_path / "again", "nilearn")
+    files = relative_files(first["root"])
+    assert files == relative_files(second["root"])
+    for rel in files:
+        assert (Path(first["root"]) / rel).read_bytes() == \
+            (Path(second["root"]) / rel).read_bytes(), rel
+
+
+def test_different_seed_gives_different_data(datasets, tmp_path):
+    other = make_example_dataset(tmp_path / "other", "nilearn", seed=1)
+    rel = "derivatives/nilearn_glm/sub-01/" + GLM_STEM.format(s="01", c="motor", stat="effect")
+    assert (Path(other["root"]) / rel).read_bytes() != \
+        (Path(datasets["nilearn"]["root"]) / rel).read_bytes()
+    assert (Path(other["root"]) / "participants.tsv").read_text() != \
+        (Path(datasets["nilearn"]["root"]) / "participants.tsv").read_text()
+
+
+# --------------------------------------------------------------------------
+# Mixed formats
+# --------------------------------------------------------------------------
+def test_mixed_formats_on_disk(mixed):
+    deriv = Path(mixed["derivatives"])
+    name = GLM_STEM.format(s="{s}", c="motor", stat="effect")
+    first = nib.load(deriv / "sub-01" / name.format(s="01").replace(".nii.gz", ".nii"))
+    second = nib.load(deriv / "sub-02" / name.format(s="02"))
+    third = nib.load(deriv / "sub-03" / name.format(s="03"))
+    assert isinstance(first, nib.Nifti1Image) and not isinstance(first, nib.Nifti2Image)
+    assert isinstance(second, nib.Nifti2Image)
+    assert third.get_data_dtype() == np.int16
+    assert third.dataobj.slope not in (0, 1) and third.dataobj.inter != 0
+    assert np.isnan(nib.load(deriv / "sub-04" / name.format(s="04")).get_fdata()).any()
+    assert mixed["formats"]["01"]["extension"] == ".nii"
+    assert mixed["formats"]["02"]["nifti_version"] == 2
+    assert mixed["formats"]["03"]["dtype"] == "int16"
+    assert mixed["formats"]["04"]["background"] == "nan"
+    assert mixed["formats"]["05"] == {"extension": ".nii.gz", "nifti_version": 1,
+                                      "dtype": "float32", "background": "zero"}
+
+
+def test_mixed_formats_load_to_reference_values(mixed, datasets):
+    reference = datasets["nilearn"]
+    mask = brain_mask(tuple(mixed["shape"]))
+    amplitude = blob(mixed, "motor_mean")["amplitude"]
+    for s in mixed["subjects"][:5]:
+        for stat in ("effect", "variance"):
+            name = GLM_STEM.format(s=s, c="motor", stat=stat)
+            ref = nib.load(Path(reference["derivatives"]) / f"sub-{s}" / name).get_fdata()
+            ext = mixed["formats"][s]["extension"]
+            got = nib.load(Path(mixed["derivatives"]) / f"sub-{s}" /
+                           name.replace(".nii.gz", ext)).get_fdata()
+            np.testing.assert_allclose(got[mask], ref[mask], rtol=0, atol=1e-3 * amplitude)
+            if mixed["formats"][s]["background"] == "nan":
+                assert np.isnan(got[~mask]).all()
+            else:
+                assert np.all(got[~mask] == 0)
+
+
+# --------------------------------------------------------------------------
+# Planted effects
+# --------------------------------------------------------------------------
+def test_one_sample_effect_and_null_region(datasets):
+    truth = datasets["nilearn"]
+    t_map = one_sample_t(glm_effects(truth, "motor"))
+    assert t_map[tuple(blob(truth, "motor_mean")["ijk"])] > 5
+    null = truth["null_region"]
+    region = ball(tuple(truth["shape"]), null["ijk"], null["radius_vox"])
+    assert np.abs(t_map[region]).mean() < 3
+    language = one_sample_t(glm_effects(truth, "language"))
+    assert language[tuple(blob(truth, "language_mean")["ijk"])] > 5
+    assert abs(language[tuple(blob(truth, "motor_mean")["ijk"])]) < 4
+
+
+def test_group_and_covariate_effects(datasets):
+    truth = datasets["nilearn"]
+    table = participants(truth).loc[truth["subjects"]]
+    motor = glm_effects(truth, "motor")
+    y = motor[(slice(None),) + tuple(blob(truth, "group_diff")["ijk"])]
+    patient = (table["group"] == "patient").to_numpy()
+    diff = y[patient].mean() - y[~patient].mean()
+    se = np.sqrt(y[patient].var(ddof=1) / patient.sum()
+                 + y[~patient].var(ddof=1) / (~patient).sum())
+    assert diff / se > 4
+    for name in ("age_effect", "score_effect"):
+        b = blob(truth, name)
+        x = table[b["covariate"]].to_numpy()
+        ok = ~np.isnan(x)
+        y = motor[(slice(None),) + tuple(b["ijk"])][ok]
+        slope = np.polyfit(x[ok], y, 1)[0]
+        assert slope == pytest.approx(b["amplitude"], rel=0.3)
+
+
+def test_seed004_planted_contrasts(datasets):
+    truth = datasets["seed004"]
+    deriv = Path(truth["derivatives"])
+    maps = np.stack([load_stack([
+        deriv / f"sub-{s}" / f"sub-{s}_ses-mri_task-facerecognition_desc-{c}_effect.nii.gz"
+        for c in truth["conditions"]]) for s in truth["subjects"]])  # subject x condition
+    faces = blob(truth, "faces_vs_scrambled")
+    weights = np.array(truth["contrast_weights"]["faces_vs_scrambled"])
+    con = np.tensordot(maps, weights, axes=([1], [0]))
+    assert one_sample_t(con)[tuple(faces["ijk"])] > 5
+    inter = blob(truth, "interaction")
+    rows = np.array(truth["contrast_weights"]["interaction"])
+    assert rows.shape == (2, 9)
+    con = np.tensordot(maps, rows[0], axes=([1], [0]))
+    assert one_sample_t(con)[tuple(inter["ijk"])] > 5
+    offsets = np.array([truth["subject_offsets"][s] for s in truth["subjects"]])
+    null = tuple(truth["null_region"]["ijk"])
+    subject_means = maps[(slice(None), slice(None)) + null].mean(1)
+    assert np.corrcoef(subject_means, offsets)[0, 1] > 0.8
+
+
+def test_vbm_probabilities_and_effects(datasets):
+    truth = datasets["vbm"]
+    deriv = Path(truth["derivatives"])
+    gm = load_stack([deriv / f"sub-{s}" / "anat" /
+                     f"sub-{s}_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz"
+                     for s in truth["subjects"]])
+    mask = brain_mask(tuple(truth["shape"]))
+    assert gm.min() >= 0 and gm.max() <= 1
+    assert np.all(gm[:, ~mask] == 0)
+    table = participants(truth).loc[truth["subjects"]]
+    age = blob(truth, "age_effect")
+    slope = np.polyfit(table["age"], gm[(slice(None),) + tuple(age["ijk"])], 1)[0]
+    assert slope < 0 and age["sign"] == -1
+    sex = gm[(slice(None),) + tuple(blob(truth, "sex_effect")["ijk"])]
+    female = (table["sex"] == "F").to_numpy()
+    assert sex[female].mean() - sex[~female].mean() > 0.1
+
+
+# --------------------------------------------------------------------------
+# Validation and console script
+# --------------------------------------------------------------------------
+def test_unknown_layout_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="layout"):
+        make_example_dataset(tmp_path / "ds", "spm")
+
+
+def test_main_refuses_non_empty_directory(tmp_path, capsys):
+    (tmp_path / "existing.txt").write_text("keep me")
+    assert main([str(tmp_path)]) == 73
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert relative_files(tmp_path) == ["existing.txt"]
+
+
+def test_main_writes_dataset(tmp_path, capsys):
+    target = tmp_path / "new"
+    assert main([str(target), "--layout", "vbm", "--n-subjects", "5", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1
+    assert str(target) in out and "bids_group_app " in out
+    assert len(list((target / "derivatives" / "cat12").glob("sub-*/anat/*_probseg.nii.gz"))) == 5
+
+
+def test_main_accepts_existing_empty_directory(tmp_path, capsys):
+    assert main([str(tmp_path), "--n-subjects", "4"]) == 0
+    assert (tmp_path / "participants.tsv").is_file()
