@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def load_model(path):
 # Short command-line options -> BIDS Stats Models document
 # --------------------------------------------------------------------------
 
-_TERM = re.compile(r"\s*([+-]?)\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*?\s*)?([A-Za-z_][\w.\-]*(?<![+-]))\s*")
+_TERM = re.compile(r"\s*([+-]?)\s*(?:(\d+(?:\.\d*)?(?:/\d+)?|\.\d+)\s*\*?\s*)?([A-Za-z_][\w.\-]*(?<![+-]))\s*")
 
 
 def parse_expression(expression):
@@ -248,7 +249,8 @@ def parse_expression(expression):
 
     Column names may contain letters, digits, ``_``, ``.`` and ``-`` only
     inside a name (``sex.M``, ``sub-01``); terms are joined by ``+``/``-``
-    and may carry a coefficient: ``0.5*IniFF + 0.5 ImmFF - SF``.
+    and may carry a coefficient, a number or a fraction:
+    ``0.5*IniFF + 1/2 ImmFF - SF``.
     Returns None when ``expression`` is not of that form.
     """
     weights, pos = {}, 0
@@ -260,7 +262,7 @@ def parse_expression(expression):
         if not match or match.end() == pos or (pos > 0 and not match.group(1)):
             return None
         sign = -1.0 if match.group(1) == "-" else 1.0
-        coef = float(match.group(2)) if match.group(2) else 1.0
+        coef = float(Fraction(match.group(2))) if match.group(2) else 1.0
         weights[match.group(3)] = weights.get(match.group(3), 0.0) + sign * coef
         pos = match.end()
     return weights
@@ -270,7 +272,7 @@ def contrast_from_option(text):
     """Turn ``--contrast NAME=SPEC`` into a BIDS Stats Models contrast dict.
 
     SPEC is ``[t:|F:]ROW[;ROW...]``; a ROW is either comma-separated weights
-    (zero-padded to the number of design columns, in X order) or a linear
+    (numbers or fractions such as ``1/6``; zero-padded to the number of design columns, in X order) or a linear
     expression of design column names. One row gives a t-test unless
     ``F:`` is given; several rows give an F-test.
     """
@@ -286,9 +288,9 @@ def contrast_from_option(text):
     parsed = []
     for row in rows:
         try:
-            parsed.append([float(w) for w in row.split(",")])
+            parsed.append([float(Fraction(w.strip())) for w in row.split(",")])
             continue
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             pass
         weights = parse_expression(row)
         if weights is None:
@@ -328,15 +330,22 @@ def resolve_option_contrast(contrast, x_columns):
 AUTO_GROUP_ENTITIES = ("task", "contrast", "space", "acquisition", "desc", "label", "stat", "node", "suffix")
 
 
-def auto_group_by(table, exclude=()):
-    """Entities whose value varies in the selection: one model per value.
+ALWAYS_NAMED_ENTITIES = ("task", "contrast")
 
-    Sessions and runs are never grouped automatically: several maps of one
-    subject that differ only by run are reported as a collision instead.
+
+def auto_group_by(table, exclude=()):
+    """Default GroupBy: one model per value of the selection entities.
+
+    The entities whose value varies in the selection, plus ``task`` and the
+    first-level ``contrast`` whenever the maps have them, so that output
+    names always say which first-level maps were analysed. Sessions and
+    runs are never grouped automatically: several maps of one subject that
+    differ only by run are reported as a collision instead.
     """
     return [
         e for e in AUTO_GROUP_ENTITIES
-        if e in table.columns and e not in exclude and table[e].dropna().nunique() > 1
+        if e in table.columns and e not in exclude and table[e].notna().all()
+        and (table[e].nunique() > 1 or e in ALWAYS_NAMED_ENTITIES)
     ]
 
 

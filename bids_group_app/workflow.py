@@ -317,7 +317,7 @@ def execute(plan_, options, argv=None):
             "Filters": plan_.filters,
             "SoftwareVersions": versions,
         })
-        writer.json("dataset_description.json", dataset_description(plan_.derivatives))
+        writer.json("dataset_description.json", dataset_description([plan_.bids_dir, *plan_.derivatives]))
         writer.text(".bidsignore", bidsignore())
         written = list(writer.written)
         writer.commit()

@@ -28,7 +28,7 @@ Designs without a JSON model (short options; --model takes precedence):
                                 the entity and one per subject (seed 004)
   --contrast NAME=SPEC          t/F contrasts, repeatable. SPEC = [t:|F:]ROW[;ROW]
                                 ROW = weights in design-column order, zero
-                                padded ("1,-1"), or an expression of design
+                                padded ("1,-1", "1/6,1/6,-1/3"), or an expression of design
                                 columns ("group.patient - group.control",
                                 "0.5*IniFF + 0.5*ImmFF - DelFF"); several rows
                                 make an F-test.
