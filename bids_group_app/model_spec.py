@@ -241,16 +241,29 @@ def load_model(path):
 # Short command-line options -> BIDS Stats Models document
 # --------------------------------------------------------------------------
 
-_TERM = re.compile(r"\s*([+-]?)\s*(?:(\d+(?:\.\d*)?(?:/\d+)?|\.\d+)\s*\*?\s*)?([A-Za-z_][\w.\-]*(?<![+-]))\s*")
+_SIGN = re.compile(r"\s*([+-]?)\s*")
+_COEF = re.compile(r"(\d+(?:\.\d*)?(?:/\d+)?|\.\d+)\s*\*?\s*")
+_NAME = re.compile(r"[A-Za-z_][\w.\-]*(?<![+-])")
 
 
-def parse_expression(expression):
+def _match_name(expression, pos, columns):
+    """The longest design column starting at ``pos``, else a generic name."""
+    for column in sorted(columns or (), key=len, reverse=True):
+        end = pos + len(column)
+        if expression.startswith(column, pos) and (end == len(expression) or not re.match(r"[\w.]", expression[end])):
+            return column, end
+    match = _NAME.match(expression, pos)
+    return (match.group(0), match.end()) if match else (None, pos)
+
+
+def parse_expression(expression, columns=None):
     """Parse a linear contrast expression into ``{column: weight}``.
 
-    Column names may contain letters, digits, ``_``, ``.`` and ``-`` only
-    inside a name (``sex.M``, ``sub-01``); terms are joined by ``+``/``-``
-    and may carry a coefficient, a number or a fraction:
-    ``0.5*IniFF + 1/2 ImmFF - SF``.
+    Column names may contain letters, digits, ``_``, ``.`` and ``-``
+    (``sex.M``, ``sub-01``); terms are joined by ``+``/``-`` and may carry a
+    coefficient, a number or a fraction: ``0.5*IniFF + 1/2 ImmFF - SF``.
+    With ``columns`` given, names are matched against them first (longest
+    first), so ``A-B`` reads as ``A`` minus ``B`` when both are columns.
     Returns None when ``expression`` is not of that form.
     """
     weights, pos = {}, 0
@@ -258,13 +271,20 @@ def parse_expression(expression):
     if not expression:
         return None
     while pos < len(expression):
-        match = _TERM.match(expression, pos)
-        if not match or match.end() == pos or (pos > 0 and not match.group(1)):
+        sign = _SIGN.match(expression, pos)
+        if pos > 0 and not sign.group(1):
             return None
-        sign = -1.0 if match.group(1) == "-" else 1.0
-        coef = float(Fraction(match.group(2))) if match.group(2) else 1.0
-        weights[match.group(3)] = weights.get(match.group(3), 0.0) + sign * coef
-        pos = match.end()
+        pos = sign.end()
+        coef = _COEF.match(expression, pos)
+        value = float(Fraction(coef.group(1))) if coef else 1.0
+        pos = coef.end() if coef else pos
+        name, end = _match_name(expression, pos, columns)
+        if name is None:
+            return None
+        weights[name] = weights.get(name, 0.0) + (-value if sign.group(1) == "-" else value)
+        pos = end
+        while pos < len(expression) and expression[pos].isspace():
+            pos += 1
     return weights
 
 
@@ -292,12 +312,11 @@ def contrast_from_option(text):
             continue
         except (ValueError, ZeroDivisionError):
             pass
-        weights = parse_expression(row)
-        if weights is None:
+        if parse_expression(row) is None:
             raise UsageError(
                 f"--contrast {name}: {row.strip()!r} is neither comma-separated weights nor an expression of design columns like 'patient-control'"
             )
-        parsed.append(weights)
+        parsed.append(row.strip())
     if test == "t" and len(parsed) > 1:
         raise UsageError(f"--contrast {name}: a t-test takes one row; {len(parsed)} rows were given (use F:)")
     return {"Name": name, "Rows": parsed, "Test": test or ("t" if len(parsed) == 1 else "F")}
@@ -310,7 +329,8 @@ def resolve_option_contrast(contrast, x_columns):
     """
     rows = []
     for row in contrast["Rows"]:
-        if isinstance(row, dict):
+        if isinstance(row, str):
+            row = parse_expression(row, x_columns)
             unknown = [c for c in row if c not in x_columns]
             if unknown:
                 raise UsageError(

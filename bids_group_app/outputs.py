@@ -5,7 +5,7 @@ Naming scheme (documented in the README)::
     OUTPUT_DIR/
       dataset_description.json, .bidsignore, README.md
       model-<model>_smdl.json            the model that ran (BIDS Stats Models)
-      logs/config-<timestamp>.json        the options that ran
+      logs/config-<timestamp>-<id>.json   the options that ran
       node-<node>/
         <cell>_design.tsv|.json           design matrix, columns, maps, dropped
         <cell>_mask.nii.gz                analysis mask
@@ -52,7 +52,6 @@ ENTITY_KEYS = {
     "label": "label",
     "node": "innode",
 }
-NONSTANDARD_ENTITIES = ("node", "input", "innode", "contrast", "stat", "thresh")
 
 
 def sanitize_label(value):

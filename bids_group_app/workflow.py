@@ -12,23 +12,32 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from . import inputs as inputs_stage
 from .data_matrix import build_data_matrix
 from .design import build_design
-from .errors import DataError, MissingInputError, NoFilesSelectedError, UnknownAnalysisLevelError, UsageError
+from .errors import (
+    DataError,
+    MissingInputError,
+    NoFilesSelectedError,
+    OutputError,
+    UnknownAnalysisLevelError,
+    UsageError,
+)
 from .glm import contrast_maps, fit_ols
 from .inference import threshold_contrast
 from .model_spec import auto_group_by, load_model, model_from_options, parse_model
 from .outputs import (
-    NONSTANDARD_ENTITIES,
     OutputWriter,
     bidsignore,
     cell_prefix,
@@ -311,7 +320,7 @@ def execute(plan_, options, argv=None):
             _write_cell(writer, cell, plan_, options, versions)
         model_name = sanitize_label(plan_.document.get("Name", "model"))
         writer.json(f"model-{model_name}_smdl.json", plan_.document)
-        writer.json(f"logs/config-{time.strftime('%Y%m%d-%H%M%S')}.json", {
+        writer.json(f"logs/config-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json", {
             "CommandLine": ["bids_group_app"] + list(sys.argv[1:] if argv is None else argv),
             "Options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
             "Filters": plan_.filters,
@@ -327,6 +336,22 @@ def execute(plan_, options, argv=None):
     return [plan_.output_dir / p for p in written]
 
 
+def _prepare_work_dir(work_dir):
+    if work_dir is None:
+        return
+    try:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"work directory {work_dir} cannot be created: {err.strerror or err}") from None
+    tempfile.tempdir = str(Path(work_dir).resolve())
+
+
 def run(options, argv=None):
-    """Plan and execute a group analysis; returns the written paths."""
-    return execute(plan(options), options, argv)
+    """Plan and execute a group analysis; returns the written paths.
+
+    ``--n-cpus`` caps the BLAS/OpenMP threads of the numerical work;
+    ``--work-dir`` becomes the folder for temporary files.
+    """
+    _prepare_work_dir(options.work_dir)
+    with threadpool_limits(limits=options.n_cpus):
+        return execute(plan(options), options, argv)

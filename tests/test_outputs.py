@@ -1,0 +1,54 @@
+"""Output naming and the staging writer."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bids_group_app.errors import OutputError
+from bids_group_app.outputs import OutputWriter, cell_prefix, sanitize_label
+
+
+@pytest.mark.parametrize("value, label", [
+    ("patient-control", "patientMinusControl"),
+    ("sex.M", "sexM"),
+    ("Stimulus X Immediate Repetition", "StimulusXImmediateRepetition"),
+    ("a+b", "aPlusB"),
+    ("-1", "1"),
+    ("___", "unnamed"),
+])
+def test_sanitize_label_gives_bids_alphanumerics(value, label):
+    assert sanitize_label(value) == label
+    assert sanitize_label(value).isalnum()
+
+
+def test_cell_prefix_uses_bids_keys_and_input_for_first_level_contrast():
+    assert cell_prefix({"task": "x", "contrast": "motor-left", "session": "1", "group": "patient"}) == \
+        "task-x_input-motorMinusLeft_ses-1_group-patient"
+    assert cell_prefix({}) == ""
+
+
+def test_writer_moves_files_only_on_commit(tmp_path):
+    out = tmp_path / "out"
+    writer = OutputWriter(out)
+    writer.json("a/b.json", {"x": 1})
+    writer.table("a/t.tsv", pd.DataFrame({"c": [1.0, None]}))
+    assert not (out / "a").exists()
+    writer.commit()
+    assert json.loads((out / "a" / "b.json").read_text()) == {"x": 1}
+    assert (out / "a" / "t.tsv").read_text() == "c\n1.0\nn/a\n"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".bids_group_app")] == []
+
+
+def test_writer_abort_leaves_nothing(tmp_path):
+    writer = OutputWriter(tmp_path / "out")
+    writer.text("x.txt", "partial")
+    writer.abort()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_writer_reports_uncreatable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot be created"):
+        OutputWriter(blocker / "out")
