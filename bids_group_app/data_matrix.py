@@ -157,7 +157,7 @@ def build_data_matrix(paths, *, mask=None, smoothing_fwhm=None):
     LOGGER.info("mask: %d voxels %s", n_voxels, where)
     np.nan_to_num(stack, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     mask_img = nib.Nifti1Image(mask_data.astype(np.uint8), affine)
-    masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, standardize=False)
+    masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, standardize=None)
     masker.fit()
     imgs = nib.Nifti1Image(np.moveaxis(stack, 0, -1), affine)
     Y = masker.transform(imgs)
