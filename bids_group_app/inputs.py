@@ -54,6 +54,7 @@ from .errors import (
     DataError,
     MissingInputError,
     NoFilesSelectedError,
+    OutputError,
     UsageError,
 )
 
@@ -171,11 +172,8 @@ def _existing_dir(path, what: str) -> Path:
 def _read_description(bids_dir: Path) -> dict:
     """Read ``dataset_description.json`` of the raw BIDS_DIR."""
     target = bids_dir / "dataset_description.json"
-    if not target.is_file():
-        raise MissingInputError(
-            f"BIDS_DIR {bids_dir} has no dataset_description.json; "
-            "BIDS_DIR must be a BIDS dataset root"
-        )
+    if not target.is_file():  # required unless --skip-bids-validation (checked by the caller)
+        return {}
     try:
         description = json.loads(target.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -202,8 +200,20 @@ def _expand_root(path: Path) -> list[Path]:
     return [path]
 
 
+def _made_by_this_app(path: Path) -> bool:
+    """Whether a dataset is the output of an earlier bids_group_app run."""
+    try:
+        generated = json.loads((path / "dataset_description.json").read_text(encoding="utf-8")).get("GeneratedBy") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(isinstance(g, dict) and g.get("Name") == "bids_group_app" for g in generated)
+
+
 def _default_roots(bids_dir: Path, description: dict) -> list[Path]:
-    """Find derivative datasets when ``--derivatives`` was not given."""
+    """Find derivative datasets when ``--derivatives`` was not given.
+
+    Group-level outputs of earlier runs of this app are not inputs.
+    """
     roots = []
     if description.get("DatasetType") == "derivative":
         roots.append(bids_dir)
@@ -211,6 +221,9 @@ def _default_roots(bids_dir: Path, description: dict) -> list[Path]:
     others = []
     if deriv_dir.is_dir():
         for child in sorted(p for p in deriv_dir.iterdir() if p.is_dir()):
+            if _is_dataset(child) and _made_by_this_app(child):
+                LOGGER.info("skipping %s: it holds results of bids_group_app", child)
+                continue
             (roots if _is_dataset(child) else others).append(child)
     if roots:
         return roots
@@ -290,7 +303,10 @@ def index_maps(bids_dir, derivatives, *, database_dir=None) -> pd.DataFrame:
     config = json.loads(config_text)
     if database_dir is not None:
         database_dir = Path(os.path.abspath(os.fspath(database_dir)))
-        database_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            database_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"--bids-database-dir {database_dir} cannot be created: {err.strerror or err}") from None
     records = []
     for root in roots:
         found = _index_dataset(root, config, config_text, database_dir)
@@ -325,7 +341,10 @@ def _index_dataset(root: Path, config: dict, config_text: str,
                 f"{str(err).splitlines()[0] if str(err) else ''}); delete it "
                 "to re-index"
             ) from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.tmp-", dir=database_dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.tmp-", dir=database_dir))
+    except OSError as err:
+        raise OutputError(f"--bids-database-dir {database_dir} is not writable: {err.strerror or err}") from None
     try:
         records = _image_records(_build_layout(root, config, tmp), root)
         try:

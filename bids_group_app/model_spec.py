@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from .errors import DataError, MissingInputError, UsageError
 
 BIDS_MODEL_VERSION = "1.0.0"
 SUPPORTED_TRANSFORMS = ("Demean", "Scale", "Factor", "Replace", "Rename", "Copy")
@@ -224,10 +224,14 @@ def parse_model(document):
 
 
 def load_model(path):
-    """Read and validate a BIDS Stats Models JSON file (UsageError if unreadable)."""
+    """Read and validate a BIDS Stats Models JSON file.
+
+    A missing file is a MissingInputError (66); a file that is not valid
+    JSON or not a usable model is a UsageError (64).
+    """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"model file {path} does not exist (give a BIDS Stats Models JSON file to --model)")
+        raise MissingInputError(f"model file {path} does not exist (give a BIDS Stats Models JSON file to --model)")
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ def _check_paths(options):
     if output_dir == bids_dir or bids_dir.is_relative_to(output_dir):
         raise UsageError(f"OUTPUT_DIR {output_dir} would overwrite BIDS_DIR {bids_dir}; choose another folder (e.g. BIDS_DIR/derivatives/group)")
     if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"OUTPUT_DIR {output_dir} exists and is not a directory")
+        raise OutputError(f"OUTPUT_DIR {output_dir} exists and is not a directory; give a folder path")
     if not options.skip_bids_validation:
         description = bids_dir / "dataset_description.json"
         if not description.is_file():
@@ -103,13 +104,8 @@ def _derivatives(options, bids_dir, output_dir):
     derivatives = [Path(d).resolve() for d in inputs_stage.resolve_derivatives(bids_dir, options.derivatives)]
     for deriv in derivatives:
         if output_dir == deriv or output_dir.is_relative_to(deriv) or deriv.is_relative_to(output_dir):
-            if options.derivatives is None and deriv.is_relative_to(output_dir):
-                continue
             raise UsageError(f"OUTPUT_DIR {output_dir} overlaps the input derivative dataset {deriv}; choose a separate folder")
-    kept = [d for d in derivatives if not d.is_relative_to(output_dir)]
-    if not kept:
-        raise MissingInputError(f"no first-level derivative dataset besides OUTPUT_DIR under {bids_dir / 'derivatives'}; pass --derivatives DIR")
-    return kept
+    return derivatives
 
 
 def _merge_filters(*sources):
@@ -162,9 +158,11 @@ def _cells(table, node, entity_columns):
 
 
 def _check_collisions(rows, node, group_values, entity_columns):
-    within = [e for e in entity_columns if e != "subject" and e in rows.columns and
-              any(str(v) in node.x for v in rows[e].dropna().unique()) or e in node.x]
-    keys = ["subject"] + [k for k in node.group_by if k in rows.columns] + [e for e in within if e in rows.columns and e not in node.group_by]
+    def in_design(entity):
+        return entity in node.x or any(str(v) in node.x for v in rows[entity].dropna().unique())
+
+    within = [e for e in entity_columns if e != "subject" and e in rows.columns and e not in node.group_by and in_design(e)]
+    keys = ["subject"] + [k for k in node.group_by if k in rows.columns and k != "subject"] + within
     collisions = inputs_stage.find_collisions(rows, keys)
     if collisions:
         first = collisions[0]
@@ -311,7 +309,25 @@ def _write_cell(writer, cell, plan_, options, versions):
 
 
 def execute(plan_, options, argv=None):
-    """Fit every cell and write the derivative dataset; returns written paths."""
+    """Fit every cell and write the derivative dataset; returns written paths.
+
+    On failure nothing is left behind: staged files are dropped, and an
+    OUTPUT_DIR that this run created is removed again.
+    """
+    created = None
+    for folder in (plan_.output_dir, *plan_.output_dir.parents):
+        if folder.exists():
+            break
+        created = folder
+    try:
+        return _execute(plan_, options, argv)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _execute(plan_, options, argv):
     writer = OutputWriter(plan_.output_dir)
     versions = software_versions()
     try:

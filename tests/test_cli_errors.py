@@ -1,0 +1,450 @@
+"""CLI error handling: BIDS execution-spec exit codes, one-line messages, no partial outputs.
+
+Exit codes: 17 unknown analysis level, 18 filters selected no file, 64 usage
+error, 65 bad data, 66 required input missing, 73 output cannot be created.
+Every failure must print one ``bids_group_app: error: ...`` line on stderr
+(no traceback unless ``-v``), leave no ``*_statmap.nii.gz`` and no staging
+folder under OUTPUT_DIR, write nothing outside OUTPUT_DIR and leave BIDS_DIR
+untouched.
+
+Most cases run in-process (``bids_group_app.cli.run.main``); a subset runs as
+real subprocesses, launched in parallel by one module fixture, to check the
+process exit status and the real stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bids_group_app.cli.run import main
+from bids_group_app.example_data import make_example_dataset
+
+N_SUBJECTS = 6
+DERIV = Path("derivatives") / "nilearn_glm"
+CORRUPT_NAME = "sub-03_task-localizer_contrast-motor_stat-effect_statmap.nii.gz"
+RUN1_NAME = "sub-02_task-localizer_contrast-motor_stat-effect_statmap.nii.gz"
+RUN2_NAME = "sub-02_task-localizer_run-2_contrast-motor_stat-effect_statmap.nii.gz"
+ERROR_PREFIX = "bids_group_app: error: "
+LOG_LINE = re.compile(r"^\d{2}:\d{2}:\d{2} \[[A-Z]+\] ")  # cli.run's logging format
+STAGING = ".bids_group_app-staging-*"
+
+MODELS = {
+    "invalid_json": '{"Name": "broken", "Nodes": [\n',
+    "no_nodes": {"Name": "noNodes", "BIDSModelVersion": "1.0.0"},
+    "no_dataset_node": {
+        "Name": "subjectOnly", "BIDSModelVersion": "1.0.0",
+        "Nodes": [{"Level": "Subject", "Name": "subjectLevel", "Model": {"Type": "glm", "X": [1]},
+                   "DummyContrasts": {"Test": "t"}}],
+    },
+    # age2 is a copy of age: the age column is confounded, a contrast on it is not estimable
+    "collinear": {
+        "Name": "collinear", "BIDSModelVersion": "1.0.0",
+        "Nodes": [{
+            "Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
+            "Transformations": {"Transformer": "pybids-transforms-v1",
+                                "Instructions": [{"Name": "Copy", "Input": ["age"], "Output": ["age2"]}]},
+            "Model": {"Type": "glm", "X": [1, "age", "age2"]},
+            "Contrasts": [{"Name": "ageEffect", "ConditionList": ["age"], "Weights": [1], "Test": "t"}],
+        }],
+    },
+    # a categorical column used directly as a design column (no Factor)
+    "sex_in_x": {
+        "Name": "sexInX", "BIDSModelVersion": "1.0.0",
+        "Nodes": [{"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
+                   "Model": {"Type": "glm", "X": [1, "sex"]}, "DummyContrasts": {"Test": "t"}}],
+    },
+    # Demean needs numbers
+    "demean_sex": {
+        "Name": "demeanSex", "BIDSModelVersion": "1.0.0",
+        "Nodes": [{"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
+                   "Transformations": {"Transformer": "pybids-transforms-v1",
+                                       "Instructions": [{"Name": "Demean", "Input": ["sex"]}]},
+                   "Model": {"Type": "glm", "X": [1, "age"]}, "DummyContrasts": {"Test": "t"}}],
+    },
+}
+
+
+# --------------------------------------------------------------------------
+# Fixtures (module-scoped; datasets are read-only for the tests)
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inputs_root(tmp_path_factory):
+    """Folder holding every input of this module: datasets and model files.
+
+    ``bids``: a 6-subject nilearn-layout dataset (no participant without maps,
+    so no warning is logged); ``corrupt``: a copy with a truncated ``.nii.gz``
+    (in the second GroupBy cell, so the first cell is staged before the
+    failure); ``run2``: a copy with an extra run-2 map for sub-02/motor;
+    ``models/``: model JSON files.
+    """
+    root = tmp_path_factory.mktemp("cli-errors-inputs")
+    bids = root / "bids"
+    make_example_dataset(bids, "nilearn", n_subjects=N_SUBJECTS, extra_participant=False)
+
+    corrupt = root / "corrupt"
+    shutil.copytree(bids, corrupt)
+    target = corrupt / DERIV / "sub-03" / CORRUPT_NAME
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+
+    run2 = root / "run2"
+    shutil.copytree(bids, run2)
+    sub_dir = run2 / DERIV / "sub-02"
+    shutil.copy2(sub_dir / RUN1_NAME, sub_dir / RUN2_NAME)
+
+    models = root / "models"
+    models.mkdir()
+    for name, content in MODELS.items():
+        text = content if isinstance(content, str) else json.dumps(content, indent=2)
+        (models / f"{name}.json").write_text(text)
+    return root
+
+
+def _context(inputs_root, sandbox):
+    """Paths a case needs; ``sandbox`` holds OUTPUT_DIR and a regular file."""
+    sandbox.mkdir(parents=True, exist_ok=True)
+    regular_file = sandbox / "a_regular_file"
+    regular_file.write_text("not a folder\n")
+    return SimpleNamespace(
+        root=inputs_root,
+        bids=inputs_root / "bids",
+        corrupt=inputs_root / "corrupt",
+        run2=inputs_root / "run2",
+        models=inputs_root / "models",
+        sandbox=sandbox,
+        out=sandbox / "out",
+        regular_file=regular_file,
+        missing=sandbox / "does-not-exist",
+    )
+
+
+@pytest.fixture
+def ctx(inputs_root, tmp_path, monkeypatch):
+    """Per-test context; the working directory is the sandbox."""
+    context = _context(inputs_root, tmp_path / "sandbox")
+    monkeypatch.chdir(context.sandbox)
+    return context
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+def listing(root, skip=(), hashes=False, include_dirs=True):
+    """Recursive listing ``{relpath: (type, size, mtime_ns[, md5])}``.
+
+    ``skip``: folders not descended into (nor listed). Directory entries
+    carry their mtime (a file created and deleted inside changes it); the
+    root folder itself is listed as ``'.'``.
+    """
+    root = Path(root)
+    skip = {Path(s).resolve() for s in skip}
+    entries = {}
+    if include_dirs:
+        st = root.stat()
+        entries["."] = ("d", None, st.st_mtime_ns)
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() not in skip)
+        for name in dirnames + sorted(filenames):
+            path = here / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat.S_ISDIR(st.st_mode):
+                if include_dirs:
+                    entries[rel] = ("d", None, st.st_mtime_ns)
+                continue
+            entry = ("f", st.st_size, st.st_mtime_ns)
+            if hashes:
+                entry += (hashlib.md5(path.read_bytes()).hexdigest(),)
+            entries[rel] = entry
+    return entries
+
+
+def run_in_process(capsys, argv):
+    """Run the CLI in-process; return (exit code, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def check_message(code, err, expected_code, names):
+    """Exit code, one error line (the last), no traceback, names present."""
+    assert code == expected_code, f"exit {code}, expected {expected_code}; stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    messages = [line for line in lines if not LOG_LINE.match(line)]
+    assert len(messages) == 1, f"expected one message line, got:\n{err}"
+    message = messages[0]
+    assert message.startswith(ERROR_PREFIX), message
+    assert lines[-1] == message, f"the error must be the last line:\n{err}"
+    for name in names:
+        assert str(name) in message, f"{name!r} not named in: {message}"
+    return message
+
+
+def check_clean(output_dir, sandbox, inputs_root, before_inputs, before_sandbox):
+    """No map or staging folder left; nothing written outside OUTPUT_DIR; inputs untouched."""
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and not output_dir.resolve().is_relative_to(Path(inputs_root).resolve()):
+        assert not list(output_dir.rglob("*_statmap.nii.gz")), "a failed run left statistical maps"
+    assert not list(Path(sandbox).rglob(STAGING)), "a failed run left a staging folder"
+    assert not list(Path(inputs_root).rglob(STAGING))
+    assert listing(inputs_root) == before_inputs, "BIDS_DIR / model files were modified"
+    after = listing(sandbox, skip=[output_dir])
+    # the sandbox folder's own mtime changes when OUTPUT_DIR is created in it
+    after.pop(".", None)
+    before = {k: v for k, v in before_sandbox.items() if k != "."}
+    assert after == before, "the run wrote outside OUTPUT_DIR"
+
+
+# --------------------------------------------------------------------------
+# In-process cases
+# --------------------------------------------------------------------------
+def _model(c, name):
+    return c.models / f"{name}.json"
+
+
+CASES = [
+    # 17: unknown analysis level
+    pytest.param(lambda c: [c.bids, c.out, "participant"], 17,
+                 lambda c: ["participant", "group"], id="17-level-participant"),
+    # 18: filters select no file; the message lists what exists
+    pytest.param(lambda c: [c.bids, c.out, "group", "--filter", "contrast=nonexistent"], 18,
+                 lambda c: ["nonexistent", "motor", "language"], id="18-filter-contrast"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--participant-label", "99"], 18,
+                 lambda c: ["99", "01", "06"], id="18-participant-label"),
+    # 64: usage errors
+    pytest.param(lambda c: [c.bids, c.out, "group", "--no-such-option"], 64,
+                 lambda c: ["--no-such-option"], id="64-unknown-option"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--alpha", "2"], 64,
+                 lambda c: ["--alpha", "2"], id="64-alpha-out-of-range"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--contrast", "nameWithoutSpec"], 64,
+                 lambda c: ["nameWithoutSpec"], id="64-contrast-no-equals"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--contrast", "c=age +* 2"], 64,
+                 lambda c: ["age +* 2"], id="64-contrast-bad-expression"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--contrast", "c=1,2,3"], 64,
+                 lambda c: ["intercept"], id="64-contrast-too-many-weights"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "invalid_json")], 64,
+                 lambda c: ["invalid_json.json", "JSON"], id="64-model-invalid-json"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "no_nodes")], 64,
+                 lambda c: ["Nodes"], id="64-model-no-nodes"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "no_dataset_node")], 64,
+                 lambda c: ["Dataset", "Subject"], id="64-model-no-dataset-node"),
+    pytest.param(lambda c: [c.bids, c.bids, "group"], 64,
+                 lambda c: [], id="64-output-is-bids-dir"),
+    # 65: bad data
+    pytest.param(lambda c: [c.corrupt, c.out, "group"], 65,
+                 lambda c: [CORRUPT_NAME], id="65-corrupt-image"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "collinear")], 65,
+                 lambda c: ["ageEffect", "estimable"], id="65-non-estimable-contrast"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--covariates", "doesnotexist"], 65,
+                 lambda c: ["doesnotexist", "age", "sex", "group", "score"], id="65-covariate-missing"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "sex_in_x")], 65,
+                 lambda c: ["sex", "F", "M", "Factor"], id="65-categorical-in-X"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "demean_sex")], 65,
+                 lambda c: ["Demean", "sex"], id="65-demean-categorical"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--participant-label", "01", "02", "--covariates", "age"], 65,
+                 lambda c: ["freedom"], id="65-zero-dof"),
+    pytest.param(lambda c: [c.run2, c.out, "group"], 65,
+                 lambda c: [RUN1_NAME, RUN2_NAME, "run"], id="65-two-runs-per-subject"),
+    # 66: required input missing
+    pytest.param(lambda c: [c.missing, c.out, "group"], 66,
+                 lambda c: [c.missing.name], id="66-bids-dir-missing"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--derivatives", c.missing], 66,
+                 lambda c: [c.missing.name], id="66-derivatives-missing"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--mask", c.missing / "mask.nii.gz"], 66,
+                 lambda c: ["mask.nii.gz"], id="66-mask-missing"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--bids-filter-file", c.missing / "filters.json"], 66,
+                 lambda c: ["filters.json"], id="66-filter-file-missing"),
+    # 73: output cannot be created
+    pytest.param(lambda c: [c.bids, c.regular_file / "out", "group"], 73,
+                 lambda c: [c.regular_file.name], id="73-output-under-regular-file"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--work-dir", c.regular_file / "work"], 73,
+                 lambda c: [c.regular_file.name], id="73-work-dir-under-regular-file"),
+]
+
+
+@pytest.mark.parametrize("make_argv, expected, make_names", CASES)
+def test_error_exit_code_message_and_no_trace(make_argv, expected, make_names, ctx, capsys):
+    argv = make_argv(ctx)
+    output_dir = Path(argv[1])
+    before_inputs = listing(ctx.root)
+    before_sandbox = listing(ctx.sandbox, skip=[output_dir])
+    code, err = run_in_process(capsys, argv)
+    check_message(code, err, expected, make_names(ctx))
+    check_clean(output_dir, ctx.sandbox, ctx.root, before_inputs, before_sandbox)
+
+
+def test_missing_model_file_is_a_one_line_missing_input_error(ctx, capsys):
+    argv = [ctx.bids, ctx.out, "group", "--model", ctx.missing / "model.json"]
+    before_inputs, before_sandbox = listing(ctx.root), listing(ctx.sandbox)
+    code, err = run_in_process(capsys, argv)
+    assert code == 66, err
+    check_message(code, err, code, ["model.json"])
+    check_clean(ctx.out, ctx.sandbox, ctx.root, before_inputs, before_sandbox)
+
+
+def test_output_dir_that_is_a_regular_file_fails_cleanly(ctx, capsys):
+    before_inputs, before_sandbox = listing(ctx.root), listing(ctx.sandbox)
+    code, err = run_in_process(capsys, [ctx.bids, ctx.regular_file, "group"])
+    assert code != 0
+    check_message(code, err, code, [ctx.regular_file.name])
+    assert ctx.regular_file.read_text() == "not a folder\n"
+    check_clean(ctx.regular_file, ctx.sandbox, ctx.root, before_inputs, before_sandbox)
+
+
+def test_output_dir_that_is_a_regular_file_exits_73(ctx, capsys):
+    code, err = run_in_process(capsys, [ctx.bids, ctx.regular_file, "group"])
+    check_message(code, err, 73, [ctx.regular_file.name])
+
+
+def test_output_dir_equal_to_input_derivatives_is_refused(ctx, capsys):
+    deriv = ctx.bids / DERIV
+    before_inputs = listing(ctx.root)
+    code, err = run_in_process(capsys, [ctx.bids, deriv, "group"])
+    assert code == 64, err
+    check_message(code, err, code, ["overlaps the input derivative dataset"])
+    assert listing(ctx.root) == before_inputs
+    assert not list(ctx.root.rglob(STAGING))
+
+
+def test_bids_database_dir_not_creatable_exits_73(ctx, capsys):
+    before_inputs, before_sandbox = listing(ctx.root), listing(ctx.sandbox)
+    argv = [ctx.bids, ctx.out, "group", "--bids-database-dir", ctx.regular_file / "db"]
+    code, err = run_in_process(capsys, argv)
+    check_message(code, err, 73, [ctx.regular_file.name])
+    check_clean(ctx.out, ctx.sandbox, ctx.root, before_inputs, before_sandbox)
+
+
+def test_failed_runs_leave_a_previous_run_untouched(ctx, capsys):
+    code, err = run_in_process(capsys, [ctx.bids, ctx.out, "group"])
+    assert code == 0, err
+    first = listing(ctx.out, hashes=True, include_dirs=False)
+    maps = [p for p in first if p.endswith("_statmap.nii.gz")]
+    assert maps, "the successful run wrote no map"
+    before_inputs = listing(ctx.root)
+
+    # fails while fitting (the corrupt map is in the second cell: the first one was staged)
+    code, err = run_in_process(capsys, [ctx.corrupt, ctx.out, "group"])
+    check_message(code, err, 65, [CORRUPT_NAME])
+    assert listing(ctx.out, hashes=True, include_dirs=False) == first
+    # fails while planning
+    code, err = run_in_process(capsys, [ctx.bids, ctx.out, "group", "--covariates", "doesnotexist"])
+    check_message(code, err, 65, ["doesnotexist"])
+    assert listing(ctx.out, hashes=True, include_dirs=False) == first
+    assert not list(ctx.out.rglob(STAGING))
+    assert listing(ctx.root) == before_inputs
+
+
+def test_verbose_error_logs_the_traceback(ctx, capsys, caplog):
+    code, err = run_in_process(capsys, [ctx.bids, ctx.out, "group", "--covariates", "doesnotexist", "-v"])
+    assert code == 65
+    assert err.splitlines()[-1].startswith(ERROR_PREFIX)
+    failures = [r for r in caplog.records if r.exc_info]
+    assert failures and failures[-1].exc_info[0].__name__ == "DataError"
+
+
+# --------------------------------------------------------------------------
+# Real subprocesses (launched together, in parallel)
+# --------------------------------------------------------------------------
+def _command():
+    script = Path(sys.executable).with_name("bids_group_app")
+    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "bids_group_app"]
+
+
+SUBPROCESS_CASES = {
+    # id: (argv builder, expected code, names, options)
+    "17-level": (lambda c: [c.bids, c.out, "participant"], 17, lambda c: ["participant"], {}),
+    "18-filter-quiet": (lambda c: [c.bids, c.out, "group", "--quiet", "--filter", "contrast=nonexistent"], 18,
+                        lambda c: ["motor", "language"], {"one_line": True}),
+    "64-alpha": (lambda c: [c.bids, c.out, "group", "--alpha", "2"], 64, lambda c: ["--alpha"], {"one_line": True}),
+    "64-model-json": (lambda c: [c.bids, c.out, "group", "--model", _model(c, "invalid_json")], 64,
+                      lambda c: ["invalid_json.json"], {"python_m": True}),
+    "65-corrupt-quiet": (lambda c: [c.corrupt, c.out, "group", "--quiet"], 65,
+                         lambda c: [CORRUPT_NAME], {"one_line": True}),
+    "66-bids-dir": (lambda c: [c.missing, c.out, "group"], 66, lambda c: [c.missing.name], {"one_line": True}),
+    # not --quiet: INFO lines come first, the error is the one message line, and the last
+    "73-output": (lambda c: [c.bids, c.regular_file / "out", "group"], 73,
+                  lambda c: [c.regular_file.name], {}),
+    "65-verbose": (lambda c: [c.bids, c.out, "group", "--covariates", "doesnotexist", "-v"], 65,
+                   lambda c: ["doesnotexist"], {"verbose": True}),
+    "64-verbose": (lambda c: [c.bids, c.out, "group", "--alpha", "2", "-v"], 64,
+                   lambda c: ["--alpha"], {"verbose": True, "python_m": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def subprocess_results(inputs_root, tmp_path_factory):
+    """Run every SUBPROCESS_CASES entry as a real process, all at once."""
+    before_inputs = listing(inputs_root)
+    running = {}
+    for case_id, (make_argv, _, _, opts) in SUBPROCESS_CASES.items():
+        c = _context(inputs_root, tmp_path_factory.mktemp(f"cli-errors-{case_id}") / "sandbox")
+        argv = [str(a) for a in make_argv(c)]
+        before_sandbox = listing(c.sandbox, skip=[Path(argv[1])])
+        cmd = ([sys.executable, "-m", "bids_group_app"] if opts.get("python_m") else _command()) + argv
+        proc = subprocess.Popen(cmd, cwd=c.sandbox, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running[case_id] = (proc, c, argv, before_sandbox)
+    results = {}
+    for case_id, (proc, c, argv, before_sandbox) in running.items():
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[case_id] = SimpleNamespace(code=proc.returncode, stdout=out, stderr=err, ctx=c,
+                                           output_dir=Path(argv[1]), before_sandbox=before_sandbox)
+    return results, before_inputs
+
+
+@pytest.mark.parametrize("case_id", list(SUBPROCESS_CASES))
+def test_error_as_subprocess(case_id, subprocess_results, inputs_root):
+    results, before_inputs = subprocess_results
+    result = results[case_id]
+    _, expected, make_names, opts = SUBPROCESS_CASES[case_id]
+    names = make_names(result.ctx)
+    assert result.code == expected, f"exit {result.code}, expected {expected}; stderr:\n{result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(ERROR_PREFIX), result.stderr
+    for name in names:
+        assert str(name) in lines[-1]
+    if opts.get("verbose"):
+        assert "Traceback (most recent call last)" in result.stderr
+    else:
+        check_message(result.code, result.stderr, expected, names)
+    if opts.get("one_line"):
+        assert len(lines) == 1, f"stderr is not one line:\n{result.stderr}"
+    assert result.stdout == ""
+    check_clean(result.output_dir, result.ctx.sandbox, inputs_root, before_inputs, result.before_sandbox)
+
+
+def test_failure_while_fitting_removes_the_output_dir_it_created(ctx, capsys):
+    fresh = ctx.sandbox / "new" / "nested" / "out"
+    code, err = run_in_process(capsys, [ctx.corrupt, fresh, "group"])
+    check_message(code, err, 65, [CORRUPT_NAME])
+    assert not (ctx.sandbox / "new").exists()
+
+
+def test_output_inside_derivatives_is_not_taken_as_input_on_a_rerun(inputs_root, tmp_path, capsys):
+    bids = tmp_path / "ds"
+    shutil.copytree(inputs_root / "bids", bids)
+    out = bids / "derivatives" / "group"
+    for _ in range(2):
+        code, err = run_in_process(capsys, [bids, out, "group"])
+        assert code == 0, err
+    maps = sorted(p.name for p in out.rglob("*_stat-t_statmap.nii.gz"))
+    assert maps == [
+        "task-localizer_input-language_contrast-intercept_stat-t_statmap.nii.gz",
+        "task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
+    ]

@@ -1,0 +1,400 @@
+"""Design matrices and contrast weights written by the CLI, against hand-built ones.
+
+For each design the expected matrix is built here with numpy/pandas from
+participants.tsv, the way a statistician would write it down, and compared
+with the written ``<cell>_design.tsv`` (column names and order, values) and
+with the contrast weights of the statmap sidecars. Every design is run
+from the short options and from an equivalent BIDS Stats Models JSON; a few
+more JSON models exercise transformations and filters.
+
+Rows follow the order of the ``Inputs`` listed in the design sidecar (the
+order of the rows is the app's choice); each row's subject and condition
+are read from the input file name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+CONDITIONS = ["IniFF", "ImmFF", "DelFF", "IniUF", "ImmUF", "DelUF", "IniSF", "ImmSF", "DelSF"]
+INTERACTION = np.vstack([np.kron([1 / 2, 1 / 2, -1], [1, -1, 0]), np.kron([1, -1, 0], [1, -1, 0])])
+INTERACTION_OPTION = "interaction=F:1/2,-1/2,0,1/2,-1/2,0,-1,1,0;1,-1,0,-1,1,0,0,0,0"
+TRANSFORMER = "pybids-transforms-v1"
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+def read_participants(root):
+    table = pd.read_csv(Path(root) / "participants.tsv", sep="\t", na_values=["n/a"], keep_default_na=False)
+    table["participant_id"] = table["participant_id"].str.replace(r"^sub-", "", regex=True)
+    return table.set_index("participant_id")
+
+
+def model_document(node, *, name="model", inputs=None, extra_nodes=(), edges=None):
+    document = {"Name": name, "BIDSModelVersion": "1.0.0", "Input": inputs or {},
+                "Nodes": [*extra_nodes, {"Level": "Dataset", "Name": name, **node}]}
+    if edges:
+        document["Edges"] = edges
+    return document
+
+
+def cells(out_dir):
+    """Every written cell: design sidecar, design table and rows (subject, desc)."""
+    found = []
+    for path in sorted(Path(out_dir).glob("node-*/*design.json")):
+        stem = path.name[: -len("design.json")]
+        sidecar = json.loads(path.read_text())
+        table = pd.read_csv(path.with_name(f"{stem}design.tsv"), sep="\t")
+        names = [Path(p).name for p in sidecar["Inputs"]]
+        rows = pd.DataFrame({
+            "subject": [re.match(r"sub-([A-Za-z0-9]+)_", n).group(1) for n in names],
+            "desc": [(re.search(r"_desc-([A-Za-z0-9]+)_", n) or [None, None])[1] for n in names],
+            "contrast": [(re.search(r"_contrast-([A-Za-z0-9]+)_", n) or [None, None])[1] for n in names],
+        })
+        found.append(SimpleNamespace(dir=path.parent, stem=stem, sidecar=sidecar, table=table, rows=rows))
+    return found
+
+
+def cell_for(out_dir, **group):
+    hits = [c for c in cells(out_dir) if all(str(c.sidecar["GroupBy"].get(k)) == str(v) for k, v in group.items())]
+    assert len(hits) == 1, f"{len(hits)} cells with GroupBy {group} in {out_dir}"
+    return hits[0]
+
+
+def contrast_sidecar(cell, name):
+    """The t/F statmap sidecar of the contrast called ``name`` (as in the model)."""
+    hits = []
+    for path in cell.dir.glob(f"{cell.stem}contrast-*_statmap.json"):
+        if "_thresh-" in path.name:
+            continue
+        content = json.loads(path.read_text())
+        if content["Contrast"]["Name"] == name and content["Statistic"] in ("t", "F"):
+            hits.append(content)
+    assert len(hits) == 1, f"{len(hits)} t/F sidecars for contrast {name!r} in {cell.dir}"
+    return hits[0]
+
+
+def assert_design(cell, expected):
+    """Written design == expected DataFrame (column names, order and values)."""
+    assert list(cell.table.columns) == list(expected.columns)
+    assert cell.sidecar["Columns"] == list(expected.columns)
+    assert cell.table.shape == expected.shape
+    np.testing.assert_allclose(cell.table.to_numpy(float), expected.to_numpy(float), rtol=1e-12, atol=1e-10)
+    X = expected.to_numpy(float)
+    assert cell.sidecar["Rank"] == np.linalg.matrix_rank(X)
+    assert cell.sidecar["DegreesOfFreedom"] == len(X) - np.linalg.matrix_rank(X)
+
+
+def assert_contrasts(cell, contrasts):
+    """Sidecar weights (over the design columns) of each ``(name, test, weights)``."""
+    for name, test, weights in contrasts:
+        sidecar = contrast_sidecar(cell, name)
+        assert sidecar["Contrast"]["Test"] == test
+        assert sidecar["Contrast"]["Columns"] == list(cell.table.columns)
+        np.testing.assert_allclose(np.asarray(sidecar["Contrast"]["Weights"], float), np.asarray(weights, float),
+                                   rtol=0, atol=1e-12, err_msg=name)
+
+
+def unit(columns, name, weight=1.0):
+    vector = np.zeros(len(columns))
+    vector[list(columns).index(name)] = weight
+    return vector
+
+
+def subject_columns(subjects, rows):
+    return {f"sub-{s}": (rows["subject"] == s).to_numpy(float) for s in sorted(subjects)}
+
+
+# --------------------------------------------------------------------------
+# Expected designs, by hand
+# --------------------------------------------------------------------------
+def expect_one_sample(truth, cell):
+    X = pd.DataFrame({"intercept": np.ones(len(cell.rows))})
+    return X, [("intercept", "t", [1.0])]
+
+
+def expect_two_sample(truth, cell):
+    group = read_participants(truth["root"]).loc[cell.rows["subject"], "group"].to_numpy()
+    X = pd.DataFrame({"group.control": (group == "control").astype(float),
+                      "group.patient": (group == "patient").astype(float)})
+    return X, [("patient-control", "t", [-1.0, 1.0])]
+
+
+def expect_paired(truth, cell):
+    rows = cell.rows
+    X = pd.DataFrame({"IniFF": (rows["desc"] == "IniFF").to_numpy(float),
+                      "ImmFF": (rows["desc"] == "ImmFF").to_numpy(float),
+                      **subject_columns(truth["subjects"], rows)})
+    return X, [("IniFF-ImmFF", "t", unit(X.columns, "IniFF") - unit(X.columns, "ImmFF"))]
+
+
+def expect_regression(truth, cell):
+    p = read_participants(truth["root"]).loc[cell.rows["subject"]]
+    age = p["age"].to_numpy(float)
+    X = pd.DataFrame({
+        "intercept": np.ones(len(p)),
+        "age": age - age.mean(),  # mean over the subjects in the model
+        "sex.M": (p["sex"] == "M").to_numpy(float),
+        "site.B": (p["site"] == "B").to_numpy(float),
+        "site.C": (p["site"] == "C").to_numpy(float),
+    })
+    names = {"intercept": "intercept", "age": "age", "sex.M": "sex.M", "site.B": "site.B", "site.C": "site.C"}
+    return X, [(n, "t", unit(X.columns, c)) for n, c in names.items()]
+
+
+def expect_rm_anova(truth, cell):
+    rows = cell.rows
+    X = pd.DataFrame({**{c: (rows["desc"] == c).to_numpy(float) for c in CONDITIONS},
+                      **subject_columns(truth["subjects"], rows)})
+    weights = np.hstack([INTERACTION, np.zeros((2, len(truth["subjects"])))])
+    return X, [("interaction", "F", weights)]
+
+
+DESIGNS = {
+    "one-sample": dict(
+        dataset="nilearn_dataset", groups=[{"contrast": "motor"}, {"contrast": "language"}],
+        expect=expect_one_sample, n_rows=16,
+        short=[],
+        model=model_document({"GroupBy": ["contrast"], "Model": {"Type": "glm", "X": [1]},
+                              "DummyContrasts": {"Contrasts": [1], "Test": "t"}}),
+    ),
+    "two-sample": dict(
+        dataset="nilearn_dataset", groups=[{"contrast": "motor"}, {"contrast": "language"}],
+        expect=expect_two_sample, n_rows=16,
+        short=["--two-sample", "group"],
+        model=model_document({
+            "GroupBy": ["contrast"],
+            "Transformations": {"Transformer": TRANSFORMER, "Instructions": [{"Name": "Factor", "Input": ["group"]}]},
+            "Model": {"Type": "glm", "X": ["group.control", "group.patient"]},
+            "Contrasts": [{"Name": "patient-control", "ConditionList": ["group.control", "group.patient"],
+                           "Weights": [-1, 1], "Test": "t"}],
+        }),
+    ),
+    "paired": dict(
+        dataset="seed004_dataset", groups=[{}], expect=expect_paired, n_rows=32,
+        short=["--paired", "desc=IniFF,ImmFF"],
+        model=model_document({
+            "Model": {"Type": "glm", "X": ["IniFF", "ImmFF", "subject"]},
+            "Contrasts": [{"Name": "IniFF-ImmFF", "ConditionList": ["IniFF", "ImmFF"], "Weights": [1, -1], "Test": "t"}],
+        }, inputs={"desc": ["IniFF", "ImmFF"]}),
+    ),
+    "regression": dict(
+        dataset="nilearn_dataset", groups=[{}], expect=expect_regression, n_rows=16,
+        short=["--covariates", "age", "sex", "site", "--demean", "--filter", "contrast=motor"],
+        model=model_document({
+            "Transformations": {"Transformer": TRANSFORMER, "Instructions": [
+                {"Name": "Demean", "Input": ["age"]},
+                {"Name": "Factor", "Input": ["sex", "site"], "Constraint": "drop_one"},
+            ]},
+            "Model": {"Type": "glm", "X": [1, "age", "sex.M", "site.B", "site.C"]},
+            "DummyContrasts": {"Test": "t"},
+        }, inputs={"contrast": "motor"}),
+    ),
+    "rm-anova": dict(
+        dataset="seed004_dataset", groups=[{}], expect=expect_rm_anova, n_rows=144,
+        short=["--rm-anova", "desc=" + ",".join(CONDITIONS), "--contrast", INTERACTION_OPTION],
+        model=model_document({
+            "Model": {"Type": "glm", "X": [*CONDITIONS, "subject"]},
+            "Contrasts": [{"Name": "interaction", "ConditionList": CONDITIONS, "Weights": INTERACTION.tolist(),
+                           "Test": "F"}],
+        }),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def run_design(request, cli, tmp_path_factory):
+    """``run_design(name, variant)`` -> (truth, output dir); each run once per module."""
+    cache = {}
+
+    def run(name, variant, *, design=None, dataset=None, extra=()):
+        key = (name, variant)
+        if key not in cache:
+            spec = design or DESIGNS[name]
+            truth = request.getfixturevalue(dataset or spec["dataset"])
+            folder = tmp_path_factory.mktemp(f"design-{name}-{variant}")
+            if variant == "short":
+                args = list(spec["short"])
+            else:
+                model = folder / "model_smdl.json"
+                model.write_text(json.dumps(spec["model"], indent=2))
+                args = ["--model", model]
+            out = folder / "out"
+            code = cli([truth["root"], out, "group", "--quiet", "--height-control", "none", *args, *extra])
+            assert code == 0, f"bids_group_app exited with {code} for {name}/{variant}"
+            cache[key] = (truth, out)
+        return cache[key]
+
+    return run
+
+
+# --------------------------------------------------------------------------
+# Short options and their JSON equivalents
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["short", "model"])
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_design_matrix_is_the_hand_built_one(run_design, name, variant):
+    spec = DESIGNS[name]
+    truth, out = run_design(name, variant)
+    assert len(cells(out)) == len(spec["groups"])
+    for group in spec["groups"]:
+        cell = cell_for(out, **group)
+        assert len(cell.rows) == spec["n_rows"]
+        # the right maps: every subject with maps (not the participants.tsv-only one)
+        assert set(cell.rows["subject"]) == set(truth["subjects"])
+        if "contrast" in group:
+            assert set(cell.rows["contrast"]) == {group["contrast"]}
+        expected, contrasts = spec["expect"](truth, cell)
+        assert_design(cell, expected)
+        assert_contrasts(cell, contrasts)
+
+
+def test_design_rows_are_one_per_subject_and_condition(run_design):
+    for name, conditions in (("paired", ["IniFF", "ImmFF"]), ("rm-anova", CONDITIONS)):
+        truth, out = run_design(name, "short")
+        [cell] = cells(out)
+        pairs = set(zip(cell.rows["subject"], cell.rows["desc"]))
+        assert pairs == {(s, c) for s in truth["subjects"] for c in conditions}
+        assert len(cell.rows) == len(pairs)
+
+
+def test_demean_uses_only_the_subjects_in_the_model(run_design):
+    """Guard: the participants.tsv-only subject would shift the mean."""
+    truth, out = run_design("regression", "short")
+    [cell] = cells(out)
+    p = read_participants(truth["root"])
+    assert truth["participant_without_maps"] in p.index
+    wrong = p.loc[cell.rows["subject"], "age"].to_numpy(float) - p["age"].mean()
+    assert np.abs(cell.table["age"].to_numpy() - wrong).max() > 1e-3
+    assert abs(cell.table["age"].mean()) < 1e-10
+
+
+def test_rm_anova_default_contrast_is_the_main_effect(run_design, seed004_dataset, cli, tmp_path):
+    """Without --contrast, --rm-anova tests the main effect of the entity (F, 8 rows)."""
+    out = tmp_path / "out"
+    assert cli([seed004_dataset["root"], out, "group", "--quiet", "--height-control", "none",
+                "--rm-anova", "desc=" + ",".join(CONDITIONS)]) == 0
+    [cell] = cells(out)
+    expected, _ = expect_rm_anova(seed004_dataset, cell)
+    assert_design(cell, expected)
+    sidecars = [json.loads(p.read_text()) for p in cell.dir.glob(f"{cell.stem}contrast-*_stat-F_statmap.json")]
+    assert len(sidecars) == 1
+    weights = np.asarray(sidecars[0]["Contrast"]["Weights"], float)
+    assert sidecars[0]["NumeratorDegreesOfFreedom"] == len(CONDITIONS) - 1
+    n_cond = len(CONDITIONS)
+    assert weights.shape == (n_cond - 1, expected.shape[1])
+    assert not np.any(weights[:, n_cond:])  # nothing on the subject columns
+    # its rows span exactly the differences between conditions
+    differences = np.eye(n_cond)[:-1] - np.eye(n_cond)[1:]
+    assert np.linalg.matrix_rank(weights[:, :n_cond]) == n_cond - 1
+    assert np.linalg.matrix_rank(np.vstack([weights[:, :n_cond], differences])) == n_cond - 1
+
+
+# --------------------------------------------------------------------------
+# BIDS Stats Models features: transformations, filters, GroupBy, contrasts
+# --------------------------------------------------------------------------
+PATIENTS_MODEL = model_document({
+    "GroupBy": ["contrast"],
+    "Filter": {"group": "patient"},
+    "Transformations": {"Transformer": TRANSFORMER, "Instructions": [
+        {"Name": "Factor", "Input": ["site"]},
+        {"Name": "Scale", "Input": ["age"], "Output": ["age_z"]},
+        {"Name": "Replace", "Input": ["sex"], "Output": ["sex_pm"], "Replace": {"F": -1, "M": 1}},
+    ]},
+    "Model": {"Type": "glm", "X": ["site.A", "site.B", "site.C", "age_z", "sex_pm"]},
+    "DummyContrasts": {"Contrasts": ["age_z"], "Test": "t"},
+    "Contrasts": [
+        {"Name": "siteB-siteA", "ConditionList": ["site.A", "site.B"], "Weights": [-1, 1], "Test": "t"},
+        {"Name": "sites", "ConditionList": ["site.A", "site.B", "site.C"],
+         "Weights": [[1, -1, 0], [0, 1, -1]], "Test": "F"},
+    ],
+}, name="patients")
+
+
+def test_model_node_filter_factor_scale_replace(run_design):
+    truth, out = run_design("patients", "model", design={"model": PATIENTS_MODEL, "dataset": "nilearn_dataset"})
+    p = read_participants(truth["root"])
+    patients = sorted(p.index[(p["group"] == "patient") & p.index.isin(truth["subjects"])])
+    assert 4 <= len(patients) < len(truth["subjects"])
+    assert len(cells(out)) == 2
+    for contrast in ("motor", "language"):
+        cell = cell_for(out, contrast=contrast)
+        assert sorted(cell.rows["subject"]) == patients
+        assert sorted(cell.sidecar["Subjects"]) == patients
+        rows = p.loc[cell.rows["subject"]]
+        age = rows["age"].to_numpy(float)
+        X = pd.DataFrame({
+            **{f"site.{s}": (rows["site"] == s).to_numpy(float) for s in ("A", "B", "C")},
+            "age_z": (age - age.mean()) / age.std(ddof=1),  # scaled over the patients only
+            "sex_pm": np.where(rows["sex"] == "M", 1.0, -1.0),
+        })
+        assert_design(cell, X)
+        assert_contrasts(cell, [
+            ("age_z", "t", unit(X.columns, "age_z")),
+            ("siteB-siteA", "t", unit(X.columns, "site.B") - unit(X.columns, "site.A")),
+            ("sites", "F", [[1, -1, 0, 0, 0], [0, 1, -1, 0, 0]]),
+        ])
+
+
+CONTROLS_MODEL = model_document(
+    {
+        "GroupBy": ["contrast"],
+        "Transformations": {"Transformer": TRANSFORMER, "Instructions": [
+            {"Name": "Replace", "Input": ["score"], "Replace": {"n/a": 100}},
+            {"Name": "Demean", "Input": ["age", "score"]},
+        ]},
+        "Model": {"Type": "glm", "X": [1, "age", "score"]},
+        "DummyContrasts": True,
+        "Contrasts": [{"Name": "ageOrScore", "ConditionList": ["age", "score"],
+                       "Weights": [[1, 0], [0, 1]], "Test": "F"}],
+    },
+    name="controls",
+    extra_nodes=[{"Level": "Subject", "Name": "subjectLevel", "GroupBy": ["subject", "contrast"],
+                  "Model": {"Type": "glm", "X": [1]}, "DummyContrasts": {"Test": "t"}}],
+    edges=[{"Source": "subjectLevel", "Destination": "controls", "Filter": {"group": ["control"]}}],
+)
+
+
+def test_model_edge_filter_replace_demean_dummy_contrasts(run_design):
+    truth, out = run_design("controls", "model", design={"model": CONTROLS_MODEL, "dataset": "nilearn_dataset"})
+    p = read_participants(truth["root"])
+    controls = sorted(p.index[(p["group"] == "control") & p.index.isin(truth["subjects"])])
+    # a control with a missing score is kept: Replace fills it in
+    assert set(truth["missing_score_subjects"]) & set(controls)
+    for contrast in ("motor", "language"):
+        cell = cell_for(out, contrast=contrast)
+        assert sorted(cell.rows["subject"]) == controls
+        assert cell.sidecar["DroppedSubjects"] == []
+        rows = p.loc[cell.rows["subject"]]
+        age = rows["age"].to_numpy(float)
+        score = rows["score"].fillna(100.0).to_numpy(float)
+        X = pd.DataFrame({"intercept": np.ones(len(rows)), "age": age - age.mean(), "score": score - score.mean()})
+        assert_design(cell, X)
+        assert_contrasts(cell, [
+            ("intercept", "t", [1, 0, 0]),
+            ("age", "t", [0, 1, 0]),
+            ("score", "t", [0, 0, 1]),
+            ("ageOrScore", "F", [[0, 1, 0], [0, 0, 1]]),
+        ])
+
+
+def test_model_group_by_participants_column(run_design):
+    """GroupBy a participants.tsv column: one one-sample model per group."""
+    model = model_document({"GroupBy": ["contrast", "group"], "Model": {"Type": "glm", "X": [1]},
+                            "DummyContrasts": {"Test": "t"}}, inputs={"contrast": ["motor"]}, name="byGroup")
+    truth, out = run_design("by-group", "model", design={"model": model, "dataset": "nilearn_dataset"})
+    p = read_participants(truth["root"]).loc[truth["subjects"]]
+    assert len(cells(out)) == 2
+    for group in ("control", "patient"):
+        cell = cell_for(out, contrast="motor", group=group)
+        assert sorted(cell.rows["subject"]) == sorted(p.index[p["group"] == group])
+        assert_design(cell, pd.DataFrame({"intercept": np.ones(len(cell.rows))}))
+        assert_contrasts(cell, [("intercept", "t", [1.0])])
