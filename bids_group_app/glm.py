@@ -6,7 +6,11 @@ nilearn's ``SecondLevelModel`` on the same data. Conventions (nilearn's):
 the t/F p-value is the upper tail; z is the standard-normal quantile of that
 p-value; the residual degrees of freedom are ``n - rank(X)`` (the
 pseudo-inverse handles rank-deficient designs, e.g. repeated measures with
-subject columns).
+subject columns). One correction to nilearn: its OLS estimates the residual
+variance as RSS / (n - n_columns), which for a rank-deficient design
+disagrees with its own degrees of freedom; here it is RSS / (n - rank(X)),
+so t and F are exact for such designs too (for full-rank designs the maps
+equal nilearn's).
 """
 
 from __future__ import annotations
@@ -57,7 +61,17 @@ def fit_ols(Y, X):
     labels, results
         As nilearn's ``run_glm``; pass them to :func:`contrast_maps`.
     """
-    return run_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
+    X = np.asarray(X, dtype=np.float64)
+    labels, results = run_glm(np.asarray(Y, dtype=np.float64), X, noise_model="ols")
+    n, p = X.shape
+    for result in results.values():
+        # nilearn's OLSModel divides the RSS by n - p (columns) while its
+        # degrees of freedom are n - rank(X); for rank-deficient designs
+        # (subject columns) that underestimates sigma² only when p > rank:
+        # rescale so that sigma² = RSS / (n - rank), matching the dof.
+        if result.df_residuals != n - p:
+            result.dispersion = result.dispersion * (n - p) / result.df_residuals
+    return labels, results
 
 
 def contrast_maps(labels, results, weights, test):

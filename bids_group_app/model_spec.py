@@ -430,15 +430,15 @@ def model_from_options(options, table, participants):
             raise DataError(f"--two-sample {column}: needs exactly 2 groups among the selected subjects, found {len(found)}: {', '.join(found)}")
         transforms.append({"Name": "Factor", "Input": [column]})
         named = [f"{column}.{lv}" for lv in found]
-        contrasts.append({"Name": f"{found[1]}-{found[0]}", "ConditionList": named, "Weights": [-1, 1], "Test": "t"})
+        contrasts.append({"Name": f"{found[1]}-{found[0]}", "ConditionList": list(named), "Weights": [-1, 1], "Test": "t"})
     elif kind == "paired":
         entity, pair = _split_levels(options.paired, "--paired")
         present = _entity_levels(table, entity, "--paired")
         if len(pair) != 2 or any(p not in present for p in pair):
             raise UsageError(f"--paired {options.paired}: give two levels of '{entity}' (levels present: {', '.join(present)})")
         inputs[entity] = pair
-        named = pair
-        contrasts.append({"Name": f"{pair[0]}-{pair[1]}", "ConditionList": pair, "Weights": [1, -1], "Test": "t"})
+        named = list(pair)
+        contrasts.append({"Name": f"{pair[0]}-{pair[1]}", "ConditionList": list(pair), "Weights": [1, -1], "Test": "t"})
     elif kind == "rm_anova":
         entity, order = _split_levels(options.rm_anova, "--rm-anova")
         present = _entity_levels(table, entity, "--rm-anova")
@@ -447,9 +447,9 @@ def model_from_options(options, table, participants):
         if unknown or len(order) < 2:
             raise UsageError(f"--rm-anova {options.rm_anova}: levels {', '.join(unknown) or order} not usable; levels present: {', '.join(present)}")
         inputs[entity] = order
-        named = order
+        named = list(order)
         rows = [[1.0 if j == i else -1.0 if j == i + 1 else 0.0 for j in range(len(order))] for i in range(len(order) - 1)]
-        contrasts.append({"Name": f"{entity}Effect", "ConditionList": order, "Weights": rows, "Test": "F"})
+        contrasts.append({"Name": f"{entity}Effect", "ConditionList": list(order), "Weights": rows, "Test": "F"})
     else:
         named = ["intercept"]
 

@@ -16,7 +16,7 @@ import pytest
 from bids_group_app.example_data import make_example_dataset
 
 
-def run_cli(argv):
+def invoke_cli(argv):
     """Run ``bids_group_app`` in-process and return its exit code.
 
     Parameters
@@ -38,9 +38,15 @@ def run_cli(argv):
 
 
 @pytest.fixture(scope="session")
+def run_cli():
+    """The :func:`invoke_cli` helper: ``run_cli([bids_dir, out_dir, "group", ...]) -> exit code``."""
+    return invoke_cli
+
+
+@pytest.fixture(scope="session")
 def cli():
-    """The :func:`run_cli` helper: ``cli([bids_dir, out_dir, "group", ...]) -> exit code``."""
-    return run_cli
+    """Alias of :func:`run_cli`."""
+    return invoke_cli
 
 
 class _DatasetFactory:

@@ -26,6 +26,8 @@ import pytest
 CONDITIONS = ["IniFF", "ImmFF", "DelFF", "IniUF", "ImmUF", "DelUF", "IniSF", "ImmSF", "DelSF"]
 INTERACTION = np.vstack([np.kron([1 / 2, 1 / 2, -1], [1, -1, 0]), np.kron([1, -1, 0], [1, -1, 0])])
 INTERACTION_OPTION = "interaction=F:1/2,-1/2,0,1/2,-1/2,0,-1,1,0;1,-1,0,-1,1,0,0,0,0"
+FACES_SCRAMBLED = np.array([1 / 6] * 6 + [-1 / 3] * 3)
+FACES_SCRAMBLED_OPTION = "FacesScrambled=" + ",".join(["1/6"] * 6 + ["-1/3"] * 3)
 TRANSFORMER = "pybids-transforms-v1"
 
 
@@ -154,8 +156,9 @@ def expect_rm_anova(truth, cell):
     rows = cell.rows
     X = pd.DataFrame({**{c: (rows["desc"] == c).to_numpy(float) for c in CONDITIONS},
                       **subject_columns(truth["subjects"], rows)})
-    weights = np.hstack([INTERACTION, np.zeros((2, len(truth["subjects"])))])
-    return X, [("interaction", "F", weights)]
+    pad = np.zeros(len(truth["subjects"]))
+    return X, [("interaction", "F", np.hstack([INTERACTION, np.vstack([pad, pad])])),
+               ("FacesScrambled", "t", np.concatenate([FACES_SCRAMBLED, pad]))]
 
 
 DESIGNS = {
@@ -200,18 +203,21 @@ DESIGNS = {
     ),
     "rm-anova": dict(
         dataset="seed004_dataset", groups=[{}], expect=expect_rm_anova, n_rows=144,
-        short=["--rm-anova", "desc=" + ",".join(CONDITIONS), "--contrast", INTERACTION_OPTION],
+        short=["--rm-anova", "desc=" + ",".join(CONDITIONS), "--contrast", INTERACTION_OPTION,
+               "--contrast", FACES_SCRAMBLED_OPTION],
         model=model_document({
             "Model": {"Type": "glm", "X": [*CONDITIONS, "subject"]},
             "Contrasts": [{"Name": "interaction", "ConditionList": CONDITIONS, "Weights": INTERACTION.tolist(),
-                           "Test": "F"}],
+                           "Test": "F"},
+                          {"Name": "FacesScrambled", "ConditionList": CONDITIONS, "Weights": FACES_SCRAMBLED.tolist(),
+                           "Test": "t"}],
         }),
     ),
 }
 
 
 @pytest.fixture(scope="module")
-def run_design(request, cli, tmp_path_factory):
+def run_design(request, run_cli, tmp_path_factory):
     """``run_design(name, variant)`` -> (truth, output dir); each run once per module."""
     cache = {}
 
@@ -228,7 +234,7 @@ def run_design(request, cli, tmp_path_factory):
                 model.write_text(json.dumps(spec["model"], indent=2))
                 args = ["--model", model]
             out = folder / "out"
-            code = cli([truth["root"], out, "group", "--quiet", "--height-control", "none", *args, *extra])
+            code = run_cli([truth["root"], out, "group", "--quiet", "--height-control", "none", *args, *extra])
             assert code == 0, f"bids_group_app exited with {code} for {name}/{variant}"
             cache[key] = (truth, out)
         return cache[key]
@@ -277,13 +283,13 @@ def test_demean_uses_only_the_subjects_in_the_model(run_design):
     assert abs(cell.table["age"].mean()) < 1e-10
 
 
-def test_rm_anova_default_contrast_is_the_main_effect(run_design, seed004_dataset, cli, tmp_path):
+def test_rm_anova_default_contrast_is_the_main_effect(run_design, seed004_dataset, run_cli, tmp_path):
     """Without --contrast, --rm-anova tests the main effect of the entity (F, 8 rows)."""
     out = tmp_path / "out"
-    assert cli([seed004_dataset["root"], out, "group", "--quiet", "--height-control", "none",
+    assert run_cli([seed004_dataset["root"], out, "group", "--quiet", "--height-control", "none",
                 "--rm-anova", "desc=" + ",".join(CONDITIONS)]) == 0
     [cell] = cells(out)
-    expected, _ = expect_rm_anova(seed004_dataset, cell)
+    expected, _ = expect_rm_anova(seed004_dataset, cell)  # the design does not depend on the contrasts
     assert_design(cell, expected)
     sidecars = [json.loads(p.read_text()) for p in cell.dir.glob(f"{cell.stem}contrast-*_stat-F_statmap.json")]
     assert len(sidecars) == 1
@@ -398,3 +404,32 @@ def test_model_group_by_participants_column(run_design):
         assert sorted(cell.rows["subject"]) == sorted(p.index[p["group"] == group])
         assert_design(cell, pd.DataFrame({"intercept": np.ones(len(cell.rows))}))
         assert_contrasts(cell, [("intercept", "t", [1.0])])
+
+
+# --------------------------------------------------------------------------
+# Short-option combinations
+# --------------------------------------------------------------------------
+def test_participant_label_subset_demeans_over_the_subset(run_design):
+    labels = ["01", "02", "03", "05", "06", "07", "08", "09"]
+    design = {"short": ["--covariates", "age", "--demean", "--filter", "contrast=motor", "--participant-label", *labels]}
+    truth, out = run_design("subset", "short", design=design, dataset="nilearn_dataset")
+    [cell] = cells(out)
+    assert sorted(cell.rows["subject"]) == labels
+    age = read_participants(truth["root"]).loc[cell.rows["subject"], "age"].to_numpy(float)
+    expected = pd.DataFrame({"intercept": np.ones(len(age)), "age": age - age.mean()})
+    assert_design(cell, expected)
+    assert_contrasts(cell, [("intercept", "t", [1, 0]), ("age", "t", [0, 1])])
+
+
+def test_two_sample_with_covariates(run_design):
+    """--two-sample group --covariates age --demean: an ANCOVA with cell means and a demeaned age."""
+    design = {"short": ["--two-sample", "group", "--covariates", "age", "--demean", "--filter", "contrast=motor"]}
+    truth, out = run_design("two-sample-covariates", "short", design=design, dataset="nilearn_dataset")
+    [cell] = cells(out)
+    p = read_participants(truth["root"]).loc[cell.rows["subject"]]
+    age = p["age"].to_numpy(float)
+    expected = pd.DataFrame({"group.control": (p["group"] == "control").to_numpy(float),
+                             "group.patient": (p["group"] == "patient").to_numpy(float),
+                             "age": age - age.mean()})
+    assert_design(cell, expected)
+    assert_contrasts(cell, [("patient-control", "t", [-1, 1, 0]), ("age", "t", [0, 0, 1])])

@@ -181,7 +181,9 @@ def test_resolve_bids_dir_errors(tmp_path):
     with pytest.raises(MissingInputError, match="does not exist") as err:
         inputs.resolve_derivatives(tmp_path / "missing")
     assert err.value.exit_code == 66
-    with pytest.raises(MissingInputError, match="no dataset_description.json"):
+    # without dataset_description.json (allowed with --skip-bids-validation,
+    # which the workflow checks) BIDS_DIR is taken as raw: derivatives/ is searched
+    with pytest.raises(MissingInputError, match="--derivatives"):
         inputs.resolve_derivatives(tmp_path)
     (tmp_path / "dataset_description.json").write_text("{oops")
     with pytest.raises(DataError, match="not valid JSON"):

@@ -277,7 +277,7 @@ def gm_mask_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_case(request, cli, tmp_path_factory, gm_mask_file):
+def run_case(request, run_cli, tmp_path_factory, gm_mask_file):
     """``run_case(name, variant)`` runs one case once per module and returns its outputs.
 
     Variants: ``short`` (short options), ``model`` (the JSON model),
@@ -309,7 +309,7 @@ def run_case(request, cli, tmp_path_factory, gm_mask_file):
             args = ["--model", saved[0]] + common
         else:
             raise ValueError(variant)
-        code = cli([truth["root"], out, "group", "--quiet", *args])
+        code = run_cli([truth["root"], out, "group", "--quiet", *args])
         assert code == 0, f"bids_group_app exited with {code} for {name}/{variant}: {args}"
         cache[key] = SimpleNamespace(truth=truth, out=out, cells=case["cells"](truth), args=args)
         return cache[key]
@@ -317,20 +317,9 @@ def run_case(request, cli, tmp_path_factory, gm_mask_file):
     return run
 
 
-RANK_BUG = pytest.mark.xfail(strict=True, reason=(
-    "bug: glm.fit_ols keeps nilearn OLSModel's sigma^2 = RSS/(n - n_columns); for rank-deficient designs "
-    "(paired / repeated measures with subject columns) it must be RSS/(n - rank X), so t and F are too small"))
-RANK_DEFICIENT_CASES = {"seed004"}
-
-
 def _cases(*variants):
-    """(case, variant) params, the rank-deficient cases marked with the known bug."""
-    params = []
-    for case in CASES:
-        for variant in variants:
-            marks = [RANK_BUG] if case in RANK_DEFICIENT_CASES else []
-            params.append(pytest.param(case, variant, marks=marks, id=f"{case}-{variant}"))
-    return params
+    """(case, variant) params for every case."""
+    return [pytest.param(case, variant, id=f"{case}-{variant}") for case in CASES for variant in variants]
 
 
 def full_rank_columns(X):
@@ -407,6 +396,7 @@ def test_model_json_and_short_options_give_identical_maps(run_case, case):
 # --------------------------------------------------------------------------
 # 2. t, z and effect maps equal nilearn's SecondLevelModel
 # --------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # nilearn, on all-zero voxels of --mask
 @pytest.mark.parametrize("case,variant", _cases("short", "smooth"))
 def test_maps_equal_nilearn_second_level_model(run_case, case, variant):
     """Same files, design and mask in nilearn's SecondLevelModel.
@@ -475,7 +465,7 @@ BLOBS = [
 
 
 @pytest.fixture(scope="module")
-def run_blob_case(run_case, cli, nilearn_dataset, tmp_path_factory):
+def run_blob_case(run_case, run_cli, nilearn_dataset, tmp_path_factory):
     cache = {}
 
     def run(name):
@@ -483,7 +473,7 @@ def run_blob_case(run_case, cli, nilearn_dataset, tmp_path_factory):
             return run_case(name, "short")
         if name not in cache:
             out = tmp_path_factory.mktemp("one-sample") / "out"
-            assert cli([nilearn_dataset["root"], out, "group", "--quiet"]) == 0
+            assert run_cli([nilearn_dataset["root"], out, "group", "--quiet"]) == 0
             cache[name] = SimpleNamespace(truth=nilearn_dataset, out=out)
         return cache[name]
 
@@ -526,10 +516,10 @@ def test_planted_effect_found_and_null_region_quiet(run_blob_case, case, blob, g
 # --------------------------------------------------------------------------
 # 4. Mixed file formats give the float32 dataset's maps
 # --------------------------------------------------------------------------
-def test_mixed_formats_match_float32_dataset(run_blob_case, mixed_dataset, cli, tmp_path):
+def test_mixed_formats_match_float32_dataset(run_blob_case, mixed_dataset, run_cli, tmp_path):
     plain = run_blob_case("one-sample")
     out = tmp_path / "out"
-    assert cli([mixed_dataset["root"], out, "group", "--quiet"]) == 0
+    assert run_cli([mixed_dataset["root"], out, "group", "--quiet"]) == 0
     formats = mixed_dataset["formats"]
     assert {f["extension"] for f in formats.values()} == {".nii", ".nii.gz"}
     assert any(f["dtype"] == "int16" for f in formats.values())
@@ -606,13 +596,12 @@ def test_rerun_of_saved_model_is_bit_identical(run_case, case):
 # --------------------------------------------------------------------------
 # 7. The paired design gives the classical paired t-test
 # --------------------------------------------------------------------------
-@RANK_BUG
-def test_paired_design_equals_classical_paired_t_test(seed004_dataset, cli, tmp_path):
+def test_paired_design_equals_classical_paired_t_test(seed004_dataset, run_cli, tmp_path):
     """t of ``--paired desc=IniFF,ImmFF`` is scipy's ``ttest_rel`` (dof n - 1)."""
     from scipy import stats
 
     out = tmp_path / "out"
-    assert cli([seed004_dataset["root"], out, "group", "--quiet", "--paired", "desc=IniFF,ImmFF"]) == 0
+    assert run_cli([seed004_dataset["root"], out, "group", "--quiet", "--paired", "desc=IniFF,ImmFF"]) == 0
     cell = find_cell(out)
     subs = seed004_dataset["subjects"]
     assert cell.sidecar["DegreesOfFreedom"] == len(subs) - 1
