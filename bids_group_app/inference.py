@@ -70,3 +70,14 @@ def threshold_contrast(z_img, mask_img, *, height_control, alpha, cluster_thresh
         else:
             clusters = pd.DataFrame(columns=["Cluster ID", "X", "Y", "Z", "Peak Stat", "Cluster Size (mm3)"])
     return Thresholded(img, float(threshold), clusters, height_control, float(alpha), int(cluster_threshold), bool(two_sided))
+
+
+def threshold_table(img, *, two_sided):
+    """Cluster table of an already thresholded map (every non-zero voxel kept)."""
+    data = np.asarray(img.dataobj)
+    nonzero = np.abs(data[data != 0])
+    if not nonzero.size:
+        return pd.DataFrame(columns=["Cluster ID", "X", "Y", "Z", "Peak Stat", "Cluster Size (mm3)"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_clusters_table(img, stat_threshold=float(nonzero.min()) * (1 - 1e-6), two_sided=two_sided)

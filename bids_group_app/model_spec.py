@@ -78,6 +78,7 @@ class NodeSpec:
     contrasts: list = field(default_factory=list)
     dummy_contrasts: dict | None = None
     filters: dict = field(default_factory=dict)
+    software: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -182,8 +183,11 @@ def _parse_node(raw, index, edge_filters):
     filters = dict(edge_filters)
     if raw.get("Filter"):
         filters.update(_filter_dict(raw["Filter"], f"{where}.Filter"))
+    software = model.get("Software") or {}
+    _require(isinstance(software, dict), f"{where} '{name}': Model.Software must be an object keyed by software name")
     return NodeSpec(
         name=name,
+        software=software,
         x=x,
         group_by=[str(g) for g in _as_list(raw.get("GroupBy"))],
         transformations=_parse_transformations(raw.get("Transformations"), f"{where}.Transformations"),

@@ -25,6 +25,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from . import inputs as inputs_stage
+from . import nonparametric
 from .data_matrix import build_data_matrix
 from .design import build_design
 from .errors import (
@@ -36,7 +37,7 @@ from .errors import (
     UsageError,
 )
 from .glm import contrast_maps, fit_ols
-from .inference import threshold_contrast
+from .inference import threshold_contrast, threshold_table
 from .model_spec import auto_group_by, load_model, model_from_options, parse_model
 from .outputs import (
     OutputWriter,
@@ -264,48 +265,119 @@ def _design_sidecar(cell, plan_, dm, options):
     }
 
 
+def _cell_key(cell):
+    return join_name(f"node-{sanitize_label(cell.node.name)}", cell.prefix)
+
+
+def _contrast_about(contrast, design, maps):
+    return {
+        "Contrast": {"Name": contrast.name, "Test": contrast.test,
+                     "Weights": contrast.weights.tolist() if contrast.test == "F" else contrast.weights[0].tolist(),
+                     "Columns": list(design.matrix.columns)},
+        "DegreesOfFreedom": maps.dof,
+        **({"NumeratorDegreesOfFreedom": maps.df_num} if contrast.test == "F" else {}),
+        "PValue": "one-sided, upper tail of the t/F distribution (nilearn convention)",
+        "ZScore": "standard-normal quantile of the one-sided p-value",
+    }
+
+
+def _write_thresholded(writer, prefix, img, info, clusters, sidecar):
+    """A thresholded statistic map, its cluster table, and their sidecars."""
+    stat_name, thresh = info
+    writer.image(f"{prefix}_stat-{stat_name}_thresh-{thresh}_statmap.nii.gz", img)
+    writer.json(f"{prefix}_stat-{stat_name}_thresh-{thresh}_statmap.json", sidecar)
+    writer.table(f"{prefix}_thresh-{thresh}_clusters.tsv", clusters)
+    writer.json(f"{prefix}_thresh-{thresh}_clusters.json", {
+        "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map; X/Y/Z in mm",
+        **{k: v for k, v in sidecar.items() if k not in ("Inputs", "Subjects")},
+    })
+
+
+def _write_parametric(writer, cell, dm, labels, results, contrast, common, options):
+    design = cell.design
+    node_dir = f"node-{sanitize_label(cell.node.name)}"
+    maps = contrast_maps(labels, results, contrast.vector, contrast.test)
+    base = f"{node_dir}/" + join_name(cell.prefix, f"contrast-{sanitize_label(contrast.name)}")
+    about = _contrast_about(contrast, design, maps)
+    for stat, values in maps.as_dict().items():
+        writer.image(f"{base}_stat-{stat}_statmap.nii.gz", dm.masker.inverse_transform(values.astype(np.float32)))
+        writer.json(f"{base}_stat-{stat}_statmap.json", {"Statistic": stat, **about, **common})
+    z_img = dm.masker.inverse_transform(maps.z.astype(np.float32))
+    thresholded = threshold_contrast(
+        z_img, dm.mask_img, height_control=options.height_control, alpha=options.alpha,
+        cluster_threshold=options.cluster_threshold, two_sided=options.two_sided and contrast.test == "t",
+    )
+    if thresholded is not None:
+        img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
+        _write_thresholded(writer, base, img, ("z", sanitize_label(options.height_control)), thresholded.clusters,
+                           {"Statistic": "z", **about, **thresholded.describe(), **common})
+    return base, about
+
+
+FWE_KINDS = (("maxt", "voxel-level FWE (maximum statistic)"), ("maxtfce", "TFCE FWE"),
+             ("maxsize", "cluster-size FWE"), ("maxmass", "cluster-mass FWE"))
+
+
+def _write_permutation(writer, cell, dm, contrast, test, null, base, about, common, options, shufflings, blocks):
+    settings = nonparametric.settings_from_options(options)
+    perm_about = nonparametric.describe(test, shufflings, blocks, settings, options.seed)
+    maps, p = nonparametric.permutation_maps(test, null)
+    for stat, values in maps.items():
+        writer.image(f"{base}_stat-{stat}_statmap.nii.gz", dm.masker.inverse_transform(values))
+        writer.json(f"{base}_stat-{stat}_statmap.json", {"Statistic": stat, **about, **perm_about, **common})
+    writer.table(f"{base}_nulldist.tsv", nonparametric.null_table(test, null))
+    writer.json(f"{base}_nulldist.json", {
+        "Description": "Null distribution of the maximum statistic over the mask, one row per shuffling "
+                       "(the unpermuted data excluded)", **about, **perm_about})
+    stat_name = contrast.test
+    for kind, description in FWE_KINDS:
+        if f"p{kind}" not in p:
+            continue
+        keep = p[f"p{kind}"] <= options.fwe_alpha
+        values = np.where(keep, test.observed.stat, 0.0).astype(np.float32)
+        img = dm.masker.inverse_transform(values)
+        clusters = threshold_table(img, two_sided=test.two_sided)
+        _write_thresholded(writer, base, img, (stat_name, kind), clusters, {
+            "Statistic": stat_name, "Thresholding": description, "FWEAlpha": options.fwe_alpha,
+            "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
+
+
+def _fit_cell(cell, options):
+    dm = build_data_matrix(list(cell.design.rows["path"]), mask=options.mask, smoothing_fwhm=options.smoothing_fwhm)
+    return dm
+
+
 def _write_cell(writer, cell, plan_, options, versions):
     design = cell.design
     node_dir = f"node-{sanitize_label(cell.node.name)}"
-    dm = build_data_matrix(list(design.rows["path"]), mask=options.mask, smoothing_fwhm=options.smoothing_fwhm)
+    dm = _fit_cell(cell, options)
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
-    common = _design_sidecar(cell, plan_, dm, options)
+    common = {**_design_sidecar(cell, plan_, dm, options), "SoftwareVersions": versions}
     writer.table(f"{node_dir}/{join_name(cell.prefix, 'design.tsv')}", design.matrix)
-    writer.json(f"{node_dir}/{join_name(cell.prefix, 'design.json')}", {**common, "SoftwareVersions": versions})
+    writer.json(f"{node_dir}/{join_name(cell.prefix, 'design.json')}", common)
     writer.image(f"{node_dir}/{join_name(cell.prefix, 'mask.nii.gz')}", dm.mask_img)
+    if options.n_perm:
+        blocks = nonparametric.resolve_blocks(cell, options)
+        shufflings = nonparametric.cell_shufflings(cell, options, blocks)
     for contrast in design.contrasts:
-        maps = contrast_maps(labels, results, contrast.vector, contrast.test)
-        base = join_name(cell.prefix, f"contrast-{sanitize_label(contrast.name)}")
-        about = {
-            "Contrast": {"Name": contrast.name, "Test": contrast.test, "Weights": contrast.weights.tolist() if contrast.test == "F" else contrast.weights[0].tolist(),
-                         "Columns": list(design.matrix.columns)},
-            "DegreesOfFreedom": maps.dof,
-            **({"NumeratorDegreesOfFreedom": maps.df_num} if contrast.test == "F" else {}),
-            "PValue": "one-sided, upper tail of the t/F distribution (nilearn convention)",
-            "ZScore": "standard-normal quantile of the one-sided p-value",
-        }
-        for stat, values in maps.as_dict().items():
-            img = dm.masker.inverse_transform(values.astype(np.float32))
-            writer.image(f"{node_dir}/{base}_stat-{stat}_statmap.nii.gz", img)
-            writer.json(f"{node_dir}/{base}_stat-{stat}_statmap.json",
-                        {"Statistic": stat, **about, **common, "SoftwareVersions": versions})
-        z_img = dm.masker.inverse_transform(maps.z.astype(np.float32))
-        thresholded = threshold_contrast(
-            z_img, dm.mask_img, height_control=options.height_control, alpha=options.alpha,
-            cluster_threshold=options.cluster_threshold, two_sided=options.two_sided and contrast.test == "t",
-        )
-        if thresholded is not None:
-            thresh = sanitize_label(options.height_control)
-            writer.image(f"{node_dir}/{base}_stat-z_thresh-{thresh}_statmap.nii.gz",
-                         nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine))
-            writer.json(f"{node_dir}/{base}_stat-z_thresh-{thresh}_statmap.json",
-                        {"Statistic": "z", **about, **thresholded.describe(), **common, "SoftwareVersions": versions})
-            writer.table(f"{node_dir}/{base}_thresh-{thresh}_clusters.tsv", thresholded.clusters)
-            writer.json(f"{node_dir}/{base}_thresh-{thresh}_clusters.json", {
-                "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded z map; X/Y/Z in mm (world coordinates of the inputs)",
-                **thresholded.describe(),
-            })
+        base, about = _write_parametric(writer, cell, dm, labels, results, contrast, common, options)
+        if options.n_perm:
+            test, null = nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, options, _cell_key(cell))
+            _write_permutation(writer, cell, dm, contrast, test, null, base, about, common, options, shufflings, blocks)
     return len(design.contrasts)
+
+
+def compute_shards(plan_, options):
+    """``--perm-shard K/N``: compute and save this shard of every contrast's null."""
+    saved = 0
+    for cell in plan_.cells:
+        dm = _fit_cell(cell, options)
+        blocks = nonparametric.resolve_blocks(cell, options)
+        shufflings = nonparametric.cell_shufflings(cell, options, blocks)
+        for contrast in cell.design.contrasts:
+            nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, options, _cell_key(cell))
+            saved += 1
+    return saved
 
 
 def execute(plan_, options, argv=None):
@@ -366,8 +438,14 @@ def run(options, argv=None):
     """Plan and execute a group analysis; returns the written paths.
 
     ``--n-cpus`` caps the BLAS/OpenMP threads of the numerical work;
-    ``--work-dir`` becomes the folder for temporary files.
+    ``--work-dir`` becomes the folder for temporary files. With
+    ``--perm-shard`` only the shard is computed and saved in the work
+    directory; nothing is written to OUTPUT_DIR.
     """
     _prepare_work_dir(options.work_dir)
     with threadpool_limits(limits=options.n_cpus):
-        return execute(plan(options), options, argv)
+        planned = plan(options)
+        if options.perm_shard:
+            compute_shards(planned, options)
+            return []
+        return execute(planned, options, argv)

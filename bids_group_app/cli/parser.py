@@ -127,15 +127,56 @@ def build_parser():
     inference.add_argument("--two-sided", action="store_true",
                            help="test t-contrasts in both directions (default: positive tail)")
 
+    perm = parser.add_argument_group("Permutation inference (FWE: voxel max-statistic, cluster size/mass, TFCE)")
+    perm.add_argument("--n-perm", type=_non_negative_int, default=None, metavar="N",
+                      help="number of shufflings; 0 = parametric only (default: 0, or 5000 with --tfce or "
+                           "--cluster-forming-p); all distinct shufflings are used when there are at most N+1")
+    perm.add_argument("--tfce", action="store_true", help="threshold-free cluster enhancement (exact integral)")
+    perm.add_argument("--tfce-e", type=_bounded(float, 0, low_inclusive=False), default=0.5, metavar="E",
+                      help="TFCE extent exponent (default 0.5)")
+    perm.add_argument("--tfce-h", type=_bounded(float, 0, low_inclusive=False), default=2.0, metavar="H",
+                      help="TFCE height exponent (default 2)")
+    perm.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6,
+                      help="voxel neighbourhood for clusters and TFCE (default 6, as FSL randomise -T)")
+    perm.add_argument("--cluster-forming-p", type=_alpha, default=None, metavar="P",
+                      help="cluster-forming threshold (uncorrected p); enables cluster-size and cluster-mass inference")
+    perm.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of the shufflings (default 0)")
+    perm.add_argument("--fwe-alpha", type=_alpha, default=0.05, metavar="A",
+                      help="FWE level of the permutation-thresholded maps and cluster tables (default 0.05)")
+    perm.add_argument("--shuffle", choices=("auto", "signflip", "permute", "both"), default="auto",
+                      help="sign-flips, permutations or both (default auto: sign-flips when every contrast tests a "
+                           "mean, permutations when none does, both otherwise)")
+    perm.add_argument("--exchangeability-blocks", metavar="VARIABLE",
+                      help="entity or participants.tsv column whose values are exchangeability blocks (default: "
+                           "'subject' when the design has subject columns, e.g. --paired/--rm-anova)")
+    perm.add_argument("--whole-block", action="store_true",
+                      help="shuffle exchangeability blocks as wholes instead of within blocks")
+    perm.add_argument("--perm-shard", metavar="K/N",
+                      help="compute only shard K of N of the shufflings and save it in --work-dir (HPC job arrays)")
+    perm.add_argument("--merge-perm-shards", action="store_true",
+                      help="combine the N shards saved in --work-dir and write the results")
+
     other = parser.add_argument_group("Resources and logging")
     other.add_argument("--n-cpus", type=_positive_int, default=1, metavar="N", help="CPUs to use (default 1)")
     other.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="scratch folder (default: a temporary one)")
     other.add_argument("-v", "--verbose", action="count", default=0,
                        help="more log output; with -v errors also show their traceback")
-    other.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    other.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
     return parser
 
 
 def parse_args(argv=None):
     """Parse and check the command line (UsageError on bad input)."""
-    return build_parser().parse_args(argv)
+    options = build_parser().parse_args(argv)
+    spatial = options.tfce or options.cluster_forming_p is not None
+    if options.n_perm is None:
+        options.n_perm = 5000 if spatial else 0
+    if options.n_perm == 0 and spatial:
+        raise UsageError("--tfce and --cluster-forming-p need permutations: give --n-perm N with N > 0")
+    if options.perm_shard and options.merge_perm_shards:
+        raise UsageError("--perm-shard and --merge-perm-shards exclude each other: run the shards first, then the merge")
+    if (options.perm_shard or options.merge_perm_shards) and not options.work_dir:
+        raise UsageError("--perm-shard and --merge-perm-shards keep the shards in --work-dir: give -w DIR (the same for every job)")
+    if (options.perm_shard or options.merge_perm_shards) and options.n_perm == 0:
+        raise UsageError("--perm-shard/--merge-perm-shards need --n-perm N with N > 0")
+    return options

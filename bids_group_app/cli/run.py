@@ -51,6 +51,10 @@ def main(argv=None):
             LOGGER.exception("bids_group_app failed")
         print(f"bids_group_app: internal error: {type(err).__name__}: {err} (rerun with -v for the traceback and report it)", file=sys.stderr)
         return 1
+    if options.perm_shard:
+        print(f"bids_group_app: saved permutation shard {options.perm_shard} in {options.work_dir}/perm-shards; "
+              "run --merge-perm-shards with the same options when every shard is done", file=sys.stderr)
+        return 0
     maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
     print(f"bids_group_app: wrote {len(maps)} statistical maps to {options.output_dir}", file=sys.stderr)
     return 0

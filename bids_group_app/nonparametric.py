@@ -1,0 +1,186 @@
+"""Permutation inference of a model cell: engine set-up, shards, output maps.
+
+This stage sits between the fitted design (:mod:`.design`, :mod:`.data_matrix`)
+and the outputs: it chooses the shufflings (scheme, exchangeability blocks),
+runs :mod:`.permutation` for each contrast (or one shard of it, or merges
+saved shards), and turns observed statistics and null distributions into
+the ``stat-logp*``, ``stat-tfce``, ``stat-size``/``stat-mass`` maps, the
+null-distribution tables and the FWE-thresholded maps and cluster tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import shards
+from .errors import DataError, UsageError
+from .permutation import ContrastTest, Settings, choose_scheme, p_values, cluster_maps
+from .shuffling import make_shufflings
+from .spatial import MaskGeometry
+
+LOGGER = logging.getLogger(__name__)
+SOFTWARE_KEY = "bids_group_app"
+P_VALUE_CONVENTION = (
+    "p = (1 + #{null >= observed}) / (1 + NumberOfPermutations), the unpermuted data counted once; "
+    "exhaustive tests use every distinct shuffling and leave out the identity; a null value within 1e-6 "
+    "(relative) of the observed one counts as a tie; maps hold -log10(p)"
+)
+
+
+@dataclass
+class BlockSpec:
+    """Exchangeability blocks of a cell."""
+
+    variable: str | None
+    labels: np.ndarray | None
+    whole_block: bool
+
+
+def settings_from_options(options):
+    """Engine settings from the parsed command line."""
+    return Settings(
+        two_sided=options.two_sided,
+        tfce=options.tfce,
+        tfce_e=options.tfce_e,
+        tfce_h=options.tfce_h,
+        connectivity=options.connectivity,
+        cluster_forming_p=options.cluster_forming_p,
+        n_jobs=options.n_cpus,
+    )
+
+
+def resolve_blocks(cell, options):
+    """Exchangeability blocks from the CLI, the model, or the design.
+
+    Order: ``--exchangeability-blocks``; the node's
+    ``Model.Software.bids_group_app.ExchangeabilityBlocks``; ``subject``
+    when the design has subject columns (paired, repeated measures).
+    """
+    software = (cell.node.software or {}).get(SOFTWARE_KEY, {})
+    variable = options.exchangeability_blocks or software.get("ExchangeabilityBlocks")
+    whole = bool(options.whole_block or software.get("WholeBlock", False))
+    if variable is None and any(c.startswith("sub-") for c in cell.design.matrix.columns):
+        variable = "subject"
+    if variable is None:
+        return BlockSpec(None, None, False)
+    rows = cell.design.rows
+    if variable not in rows.columns:
+        available = [c for c in rows.columns if not c.startswith("_") and c != "path"]
+        raise UsageError(f"exchangeability blocks '{variable}' is not an entity or participants.tsv column; available: {', '.join(available)}")
+    labels = rows[variable]
+    if labels.isna().any():
+        raise DataError(f"exchangeability blocks '{variable}' is missing (n/a) for some maps of node '{cell.node.name}'")
+    return BlockSpec(variable, labels.astype(str).to_numpy(), whole)
+
+
+def cell_shufflings(cell, options, blocks):
+    """The shufflings shared by every contrast of a cell."""
+    X = cell.design.matrix.to_numpy()
+    contrasts = [c.weights for c in cell.design.contrasts]
+    scheme = options.shuffle if options.shuffle != "auto" else choose_scheme(X, contrasts, blocks.labels)
+    try:
+        return make_shufflings(X, scheme, options.n_perm, options.seed, blocks.labels, blocks.whole_block)
+    except ValueError as err:
+        raise DataError(f"node '{cell.node.name}': {err}") from None
+
+
+def _progress(total, description, quiet):
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="perm", file=sys.stderr, leave=False)
+
+
+def _key(test, cell_key, contrast, shufflings, settings):
+    return shards.key(cell_key, contrast.name, contrast.test, contrast.weights, shufflings.orders,
+                      shufflings.signs, test.prep.residuals, repr(settings.__dict__ | {"n_jobs": None}))
+
+
+def run_contrast(dm, cell, contrast, shufflings, blocks, options, cell_key):
+    """Observed statistics and null of one contrast (computed, or merged from shards).
+
+    With ``--perm-shard`` the shard is computed and saved, and None is
+    returned for the null.
+    """
+    settings = settings_from_options(options)
+    geometry = MaskGeometry(np.asarray(dm.mask_img.dataobj, dtype=bool), settings.connectivity)
+    test = ContrastTest(dm.Y, cell.design.matrix.to_numpy(), contrast.weights, contrast.test, geometry,
+                        shufflings, settings, blocks.labels)
+    shard_key = _key(test, cell_key, contrast, shufflings, settings)
+    description = f"contrast '{contrast.name}' of {cell_key}"
+    if options.merge_perm_shards:
+        null, n = shards.load_merged(options.work_dir, shard_key, description)
+        LOGGER.info("merged %d permutation shards of %s", n, description)
+        return test, null
+    batches = None
+    if options.perm_shard:
+        k, n = shards.parse_shard(options.perm_shard)
+        batches = shards.shard_batches(test.n_batches, k, n)
+    total = len(shufflings) if batches is None else sum(
+        min(settings.batch_size, len(shufflings) - b * settings.batch_size) for b in batches)
+    bar = _progress(total, f"{contrast.name}", options.quiet)
+    try:
+        null = test.null(batches=batches, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    if options.perm_shard:
+        path = shards.save(options.work_dir, shard_key, k, n, null)
+        LOGGER.info("saved permutation shard %d/%d of %s to %s", k, n, description, path)
+        return test, None
+    return test, null
+
+
+def describe(test, shufflings, blocks, settings, seed):
+    """Sidecar fields of the permutation outputs."""
+    prep = test.prep
+    about = {
+        "NumberOfPermutations": len(shufflings),
+        "Shuffling": {**shufflings.describe(), "Seed": seed},
+        "ExchangeabilityBlocks": {"Variable": blocks.variable, "WholeBlock": blocks.whole_block},
+        "FreedmanLane": prep.nuisance_rank > 0,
+        "NuisanceRank": prep.nuisance_rank,
+        "TwoSided": bool(test.two_sided),
+        "PValueConvention": P_VALUE_CONVENTION,
+    }
+    if settings.tfce:
+        about["TFCE"] = {"E": settings.tfce_e, "H": settings.tfce_h, "Connectivity": settings.connectivity,
+                         "Method": "exact integral (max-tree, tfce package)"}
+    if prep.cluster_threshold is not None:
+        about["ClusterForming"] = {"P": settings.cluster_forming_p, "StatisticThreshold": prep.cluster_threshold,
+                                   "Connectivity": settings.connectivity,
+                                   "Mass": "sum over the cluster of |statistic| - threshold"}
+    return about
+
+
+def _neglog(p):
+    return (-np.log10(p)).astype(np.float32)
+
+
+def permutation_maps(test, null):
+    """Output maps (masked vectors) keyed by their ``stat-`` label."""
+    p = p_values(test, null)
+    maps = {"logp": _neglog(p["p"]), "logpmaxt": _neglog(p["pmaxt"])}
+    if "pmaxtfce" in p:
+        maps["tfce"] = test.observed.tfce.astype(np.float32)
+        maps["logpmaxtfce"] = _neglog(p["pmaxtfce"])
+    if "pmaxsize" in p:
+        size, mass = cluster_maps(test)
+        maps.update(size=size, mass=mass, logpmaxsize=_neglog(p["pmaxsize"]), logpmaxmass=_neglog(p["pmaxmass"]))
+    return maps, p
+
+
+def null_table(test, null):
+    """Null distributions of the maxima, one row per shuffling."""
+    columns = {"shuffling": np.arange(1, len(null.max_stat) + 1), f"max_{test.prep.test}": null.max_stat}
+    for name in ("max_tfce", "max_size", "max_mass"):
+        values = getattr(null, name)
+        if values is not None:
+            columns[name] = values
+    return pd.DataFrame(columns)
