@@ -72,7 +72,8 @@ class Shufflings:
         return {
             "Scheme": self.scheme,
             "Exhaustive": self.exhaustive,
-            "NumberOfDistinctShufflings": None if not math.isfinite(self.n_distinct) else int(self.n_distinct),
+            "NumberOfDistinctShufflings": (None if not math.isfinite(self.n_distinct)
+                                           else int(self.n_distinct) if self.n_distinct < 1e15 else float(self.n_distinct)),
         }
 
 
