@@ -55,6 +55,7 @@ from .spatial import cluster_measures, max_cluster_measures, tfce_volumes
 BATCH_VOXELWISE = 128
 BATCH_SPATIAL = 16
 TILE_FLOATS = 1 << 21
+MIN_TILE_FLOATS = 1 << 16
 TIE_TOLERANCE = 1e-6
 RANK_TOLERANCE = 1e-8
 
@@ -260,8 +261,9 @@ def _compared(values, prep, two_sided):
 
 
 def _tie_threshold(values):
+    """Observed values lowered by the tie tolerance (relative, with an absolute floor)."""
     values = np.asarray(values, dtype=np.float64)
-    return values - TIE_TOLERANCE * np.abs(values)
+    return values - TIE_TOLERANCE * np.maximum(np.abs(values), 1.0)
 
 
 @dataclass
@@ -341,8 +343,10 @@ class ContrastTest:
         return math.ceil(len(self.shufflings) / self.settings.batch_size)
 
     def _tiles(self, W, B):
+        """GEMM tiles over voxels; their size depends only on the data and design shapes."""
         n_vox = self.prep.residuals.shape[1]
-        step = max(256, TILE_FLOATS // max(W.shape[0], 1))
+        budget = min(TILE_FLOATS, max(MIN_TILE_FLOATS, self.prep.residuals.size // 8))
+        step = max(256, budget // max(W.shape[0], 1))
         for start in range(0, n_vox, step):
             stop = min(start + step, n_vox)
             G = W @ self.prep.residuals[:, start:stop]
@@ -409,6 +413,12 @@ class ContrastTest:
                 maxima = np.maximum(maxima, g.max(axis=1))
                 counts[lo:hi] += np.count_nonzero(g >= self._threshold_g[lo:hi], axis=0)
             maxima = _t_from_g(maxima, self.prep.dof)
+        elif not self.settings.spatial:
+            W = _shuffled_rows(self.prep.basis, orders, signs)
+            for lo, hi, G in self._tiles(W, B):
+                compared = _compared(_statistic(G, self.prep), self.prep, self.settings.two_sided)
+                maxima = np.maximum(maxima, compared.max(axis=1))
+                counts[lo:hi] += np.count_nonzero(compared >= self._threshold[lo:hi], axis=0)
         else:
             maps = self._maps(orders, signs)
             compared = _compared(maps, self.prep, self.settings.two_sided)

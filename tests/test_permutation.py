@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 import tracemalloc
 
 import numpy as np
@@ -143,7 +142,7 @@ def _one_sample_data():
     # integer data: many exact ties between sign patterns (equal sums), large t
     while len(columns) < 40:
         y = rng.integers(-6, 12, size=n).astype(np.float64)
-        # |t| >= 0.5: exact ties at small |t| are the subject of the xfail test below
+        # |t| >= 0.5 here; exact ties at small |t| are covered by the next test
         if np.ptp(np.abs(y)) > 0 and np.all(y != 0) and abs(y.sum()) >= 0.5 * np.sqrt(n * (y @ y) / 7):
             columns.append(y)
     ints = np.column_stack(columns)
@@ -173,13 +172,9 @@ def test_exhaustive_signflip_matches_brute_force(two_sided):
     p = p_values(test, test.null())
     assert np.array_equal(p["p"], ref_p)
     assert np.array_equal(p["pmaxt"], ref_pfwe)
-    assert ref_p.min() == 1 / 256 and ref_p.max() > 0.5      # the check spans the range
+    assert ref_p.min() == (2 if two_sided else 1) / 256 and ref_p.max() > 0.5   # spans the range
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: permutation._tie_threshold uses a purely relative tolerance (1e-6 |t|); at small |t| the float32 "
-    "error of t (~1e-8..1e-7 absolute) exceeds it, so mathematically equal null values (ties) are not "
-    "counted and p is too small (e.g. t = 0 exactly)"))
 @pytest.mark.parametrize("two_sided", [False, True], ids=["one-sided", "two-sided"])
 def test_exhaustive_signflip_counts_ties_at_small_t(two_sided):
     rng = np.random.default_rng(0)
@@ -443,6 +438,8 @@ def _smooth_map(shape=(16, 16, 16), negative=False):
         return height * np.exp(-d2 / (2 * sigma ** 2))
     volume = blob((5, 5, 6), 2.0, 4.0) + blob((11, 10, 9), 2.5, 3.0) + blob((4, 12, 4), 1.5, 2.0)
     volume -= 0.3
+    for i in range(2, 14):                                   # a ridge joined only through corners
+        volume[i, i, 15 - i] = max(volume[i, i, 15 - i], 2.5)
     if negative:
         volume -= blob((12, 4, 12), 2.0, 3.5)
     return volume.astype(np.float32)
@@ -456,9 +453,10 @@ def test_tfce_converges_to_exact_integral():
     volume = _smooth_map()
     exact = tfce_volumes(volume, 6, 0.5, 2.0, False).astype(np.float64)
     assert exact.shape == volume.shape and np.all(exact[volume <= 0] == 0)
-    errors = [_rel_error(tfce_reference(volume, dh, 0.5, 2.0, 6), exact) for dh in (0.2, 0.1, 0.05, 0.025)]
+    steps = (0.2, 0.1, 0.05, 0.025, 0.0125)
+    errors = [_rel_error(tfce_reference(volume, dh, 0.5, 2.0, 6), exact) for dh in steps]
     for coarse, fine in zip(errors, errors[1:]):
-        assert 0.3 * coarse < fine < 0.7 * coarse, errors     # ~ linear in dh
+        assert 0.3 * coarse < fine < 0.75 * coarse, errors    # ~ linear in dh (jumps of e(h))
     assert errors[-1] < 0.01, errors
 
 
@@ -466,9 +464,10 @@ def test_tfce_converges_to_exact_integral():
 def test_tfce_parameters_honoured(E, H, connectivity):
     volume = _smooth_map()
     exact = tfce_volumes(volume, connectivity, E, H, False).astype(np.float64)
-    assert _rel_error(tfce_reference(volume, 0.01, E, H, connectivity), exact) < 0.01
+    error = _rel_error(tfce_reference(volume, 0.01, E, H, connectivity), exact)
+    assert error < 0.01
     default = tfce_volumes(volume, 6, 0.5, 2.0, False).astype(np.float64)
-    assert _rel_error(default, exact) > 0.05                  # the parameters change the result
+    assert _rel_error(default, exact) > 5 * error             # the parameters change the result
 
 
 def test_tfce_connectivity_joins_diagonal_neighbours():
@@ -539,12 +538,13 @@ def test_cluster_inference_matches_brute_force():
     n = 8
     noise = ndimage.gaussian_filter(rng.normal(size=(n,) + shape), sigma=(0, 1.0, 1.0, 1.0))
     noise /= noise.std()
-    noise[:, 1:4, 1:4, 1:3] += 1.2                           # a blob with an effect
+    noise[:, 1:4, 1:4, 1:3] += 1.2                           # blobs with an effect
+    noise[:, 4:6, 4:7, 3:6] += 0.8
     Y = noise[:, mask]
     X = np.ones((n, 1))
     signs = all_sign_patterns(n)
     t_all = ols_stat(X, signs[:, :, None] * Y[None], [1.0], "t")   # (256, v), identity first
-    threshold, gap = _gap_threshold(t_all.ravel(), 2.0, 3.5)
+    threshold, gap = _gap_threshold(t_all.ravel(), 1.9, 2.6)
     assert gap / threshold > 1e-4
     p_form = float(stats.t.sf(threshold, n - 1))
 
@@ -667,29 +667,51 @@ def test_observed_equals_glm_rank_deficient():
 # --------------------------------------------------------------------------
 # 9. Memory: permuted data are never materialised
 # --------------------------------------------------------------------------
-MEMORY_RATIO = {}
-
-
-def test_null_memory_is_bounded():
+def _memory_problem(case, n_perm):
     rng = np.random.default_rng(21)
     n, v = 40, 20000
     Y = rng.normal(size=(n, v)).astype(np.float32)
-    X = np.column_stack([np.ones(n), rng.normal(size=n), rng.normal(size=n)])
-    geometry = MaskGeometry(np.ones((20, 20, 50), dtype=bool))
-    shufflings = make_shufflings(X, "permute", n_perm=500, seed=0)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    X, C, kind = {
+        "slope": (np.column_stack([np.ones(n), x1]), np.array([0, 1.0]), "t"),
+        "nuisance": (np.column_stack([np.ones(n), x1, x2]), np.array([0, 0, 1.0]), "t"),
+        "F": (np.column_stack([np.ones(n), x1, x2]), np.array([[0, 1.0, 0], [0, 0, 1.0]]), "F"),
+    }[case]
+    shufflings = make_shufflings(X, "permute", n_perm=n_perm, seed=0)
+    return Y, X, C, kind, MaskGeometry(np.ones((20, 20, 50), dtype=bool)), shufflings
+
+
+def _peak_memory(Y, X, C, kind, geometry, shufflings):
+    """Peak traced memory while constructing the test and computing its null."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        test = ContrastTest(Y, X, np.array([0, 0, 1.0]), "t", geometry, shufflings, Settings())
+        test = ContrastTest(Y, X, C, kind, geometry, shufflings, Settings())
         null = test.null()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    ratio = peak / Y.nbytes
-    MEMORY_RATIO["t"] = ratio
-    print(f"peak traced memory / Y.nbytes = {ratio:.2f}")
     assert not np.isnan(null.max_stat).any()
-    assert ratio < 3.0, f"peak {peak / 2**20:.1f} MiB = {ratio:.2f} x Y.nbytes"
+    return peak
+
+
+@pytest.mark.parametrize("case", ["slope", "nuisance", "F"])
+def test_null_memory_below_three_times_data(case):
+    Y, *rest = _memory_problem(case, 500)
+    ratio = _peak_memory(Y, *rest) / Y.nbytes
+    print(f"{case}: peak traced memory = {ratio:.2f} x Y.nbytes")
+    assert ratio < 3.0, f"{case}: peak {ratio:.2f} x Y.nbytes"
+
+
+@pytest.mark.parametrize("case", ["slope", "nuisance", "F"])
+def test_null_memory_does_not_grow_with_shufflings(case):
+    """The permuted data are never formed: 500 shufflings need what one batch of 128 needs."""
+    Y, X, C, kind, geometry, many = _memory_problem(case, 500)
+    *_, one_batch = _memory_problem(case, 128)
+    peak_many = _peak_memory(Y, X, C, kind, geometry, many)
+    peak_one = _peak_memory(Y, X, C, kind, geometry, one_batch)
+    assert peak_many < 1.1 * peak_one + 0.1 * Y.nbytes
+    assert peak_many < 12 * Y.nbytes                          # permuted data would be 500 x Y.nbytes
 
 
 # --------------------------------------------------------------------------
