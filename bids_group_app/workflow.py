@@ -311,14 +311,14 @@ def _write_parametric(writer, cell, dm, labels, results, contrast, common, optio
         img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
         _write_thresholded(writer, base, img, ("z", sanitize_label(options.height_control)), thresholded.clusters,
                            {"Statistic": "z", **about, **thresholded.describe(), **common})
-    return base, about
+    return base, about, maps
 
 
 FWE_KINDS = (("maxt", "voxel-level FWE (maximum statistic)"), ("maxtfce", "TFCE FWE"),
              ("maxsize", "cluster-size FWE"), ("maxmass", "cluster-mass FWE"))
 
 
-def _write_permutation(writer, cell, dm, contrast, test, null, base, about, common, options, shufflings, blocks):
+def _write_permutation(writer, dm, contrast, test, null, parametric, base, about, common, options, shufflings, blocks):
     settings = nonparametric.settings_from_options(options)
     perm_about = nonparametric.describe(test, shufflings, blocks, settings, options.seed)
     maps, p = nonparametric.permutation_maps(test, null)
@@ -334,7 +334,7 @@ def _write_permutation(writer, cell, dm, contrast, test, null, base, about, comm
         if f"p{kind}" not in p:
             continue
         keep = p[f"p{kind}"] <= options.fwe_alpha
-        values = np.where(keep, test.observed.stat, 0.0).astype(np.float32)
+        values = np.where(keep, parametric.stat, 0.0).astype(np.float32)  # the values of the stat-t/F map
         img = dm.masker.inverse_transform(values)
         clusters = threshold_table(img, two_sided=test.two_sided)
         _write_thresholded(writer, base, img, (stat_name, kind), clusters, {
@@ -360,10 +360,11 @@ def _write_cell(writer, cell, plan_, options, versions):
         blocks = nonparametric.resolve_blocks(cell, options)
         shufflings = nonparametric.cell_shufflings(cell, options, blocks)
     for contrast in design.contrasts:
-        base, about = _write_parametric(writer, cell, dm, labels, results, contrast, common, options)
+        base, about, parametric = _write_parametric(writer, cell, dm, labels, results, contrast, common, options)
         if options.n_perm:
             test, null = nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, options, _cell_key(cell))
-            _write_permutation(writer, cell, dm, contrast, test, null, base, about, common, options, shufflings, blocks)
+            _write_permutation(writer, dm, contrast, test, null, parametric, base, about, common, options,
+                               shufflings, blocks)
     return len(design.contrasts)
 
 
@@ -442,10 +443,14 @@ def run(options, argv=None):
     ``--perm-shard`` only the shard is computed and saved in the work
     directory; nothing is written to OUTPUT_DIR.
     """
-    _prepare_work_dir(options.work_dir)
-    with threadpool_limits(limits=options.n_cpus):
-        planned = plan(options)
-        if options.perm_shard:
-            compute_shards(planned, options)
-            return []
-        return execute(planned, options, argv)
+    previous_tempdir = tempfile.tempdir
+    try:
+        _prepare_work_dir(options.work_dir)
+        with threadpool_limits(limits=options.n_cpus):
+            planned = plan(options)
+            if options.perm_shard:
+                compute_shards(planned, options)
+                return []
+            return execute(planned, options, argv)
+    finally:
+        tempfile.tempdir = previous_tempdir

@@ -215,9 +215,6 @@ def test_fwe_thresholded_map_and_cluster_table(base_files, nilearn_dataset, kind
     assert np.min(np.linalg.norm(peaks - np.asarray(blob(nilearn_dataset, "motor_mean")["xyz_mm"]), axis=1)) <= 8.0 * 1.01
 
 
-@pytest.mark.xfail(strict=True, reason="bug: stat-t_thresh-max* maps hold the permutation engine's float32 t "
-                                       "(test.observed.stat), not the values of the stat-t map they threshold "
-                                       "(~1e-6 relative differences); stat-z_thresh-fpr does equal stat-z")
 def test_fwe_thresholded_values_are_exactly_the_t_map(base_files):
     t = load(base_files["t"])
     thresholded = load(base_files["folder"] / f"{BASE}_stat-t_thresh-maxt_statmap.nii.gz")
@@ -477,9 +474,6 @@ def test_eight_subjects_use_all_255_sign_flips(nilearn_dataset, run_cli, tmp_pat
 # --------------------------------------------------------------------------
 # Side effects of an in-process run
 # --------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="bug: workflow._prepare_work_dir sets tempfile.tempdir to --work-dir "
-                                       "process-wide and never restores it, so in-process callers of main() "
-                                       "keep using (possibly deleted) work folders afterwards")
 def test_work_dir_does_not_leak_into_the_calling_process(nilearn_dataset, run_cli, tmp_path):
     saved = tempfile.tempdir
     try:
