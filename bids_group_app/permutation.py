@@ -53,7 +53,8 @@ from threadpoolctl import threadpool_limits
 from .spatial import cluster_measures, max_cluster_measures, tfce_volumes
 
 BATCH_VOXELWISE = 128
-BATCH_SPATIAL = 16
+BATCH_SPATIAL = 32
+TFCE_CHUNK = 4
 TILE_FLOATS = 1 << 21
 MIN_TILE_FLOATS = 1 << 16
 TIE_TOLERANCE = 1e-6
@@ -236,6 +237,10 @@ def _shuffled_rows(basis, orders, signs):
 
 def _statistic(G, prep):
     """t or F of a tile from its ``g`` values (B, rows, V)."""
+    if prep.rows == 1 and prep.test == "t":
+        g = G[:, 0, :]
+        denominator = np.maximum(1.0 - g * g, 1e-12)
+        return g * np.sqrt(prep.dof / denominator)
     total = np.einsum("brv,brv->bv", G, G)
     np.subtract(1.0, total, out=total)
     np.maximum(total, 1e-12, out=total)
@@ -364,18 +369,18 @@ class ContrastTest:
     def _spatial(self, maps):
         """TFCE and cluster maxima of a batch of maps (B, v)."""
         s = self.settings
-        volumes = self.geometry.to_box(maps)
-        if volumes.ndim == 3:
-            volumes = volumes[..., None]
         result = {}
         if s.tfce:
-            enhanced = tfce_volumes(volumes, s.connectivity, s.tfce_e, s.tfce_h, self.two_sided)
-            values = self.geometry.from_box(enhanced)
-            result["max_tfce"] = np.abs(values).max(axis=1) if self.two_sided else values.max(axis=1)
+            maxima = []
+            for start in range(0, len(maps), TFCE_CHUNK):  # bounds the memory of the max-tree
+                volumes = self.geometry.to_box(maps[start:start + TFCE_CHUNK])
+                values = self.geometry.from_box(tfce_volumes(volumes, s.connectivity, s.tfce_e, s.tfce_h, self.two_sided))
+                maxima.append(np.abs(values).max(axis=1) if self.two_sided else values.max(axis=1))
+            result["max_tfce"] = np.concatenate(maxima)
         if self.prep.cluster_threshold is not None:
             sizes, masses = zip(*(
-                max_cluster_measures(volumes[..., b], self.prep.cluster_threshold, self.geometry.structure, self.two_sided)
-                for b in range(volumes.shape[-1])
+                max_cluster_measures(row, self.prep.cluster_threshold, self.geometry, self.two_sided)
+                for row in maps
             ))
             result["max_size"] = np.asarray(sizes, dtype=np.float64)
             result["max_mass"] = np.asarray(masses, dtype=np.float64)
@@ -391,9 +396,8 @@ class ContrastTest:
             volume = self.geometry.to_box(stat)
             observed.tfce = self.geometry.from_box(tfce_volumes(volume, s.connectivity, s.tfce_e, s.tfce_h, self.two_sided))
         if self.prep.cluster_threshold is not None:
-            labels, sizes, masses = cluster_measures(self.geometry.to_box(stat), self.prep.cluster_threshold,
-                                                     self.geometry.structure, self.two_sided)
-            observed.cluster_labels = self.geometry.from_box(labels)
+            labels, sizes, masses = cluster_measures(stat, self.prep.cluster_threshold, self.geometry, self.two_sided)
+            observed.cluster_labels = labels
             observed.cluster_sizes, observed.cluster_masses = sizes, masses
         return observed
 

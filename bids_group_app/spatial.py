@@ -10,6 +10,8 @@ Conventions:
 * Clusters are connected components (``connectivity`` 6, 18 or 26
   neighbours) of the voxels above the cluster-forming threshold; with a
   two-sided test, positive and negative clusters are formed separately.
+  They are found on the masked vector through a neighbour table, so the
+  cost follows the number of supra-threshold voxels, not the volume.
 * Cluster size is the number of voxels; cluster mass is the sum over the
   cluster of ``|stat| - threshold`` (as nilearn).
 * TFCE is the exact integral ``∫ e(h)^E h^H dh`` computed by the ``tfce``
@@ -22,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 
 CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
 
@@ -50,6 +53,24 @@ class MaskGeometry:
         self.box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
         self.flat_index = np.flatnonzero(self.mask[self.box])
         self.structure = ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[self.connectivity])
+        self._forward = None
+
+    @property
+    def forward_neighbours(self):
+        """(v, k) masked indices of each voxel's neighbours at forward offsets (-1: none).
+
+        Only the half of the offsets that come first in C order is kept:
+        each neighbour pair appears once, which is all an undirected
+        connected-components search needs.
+        """
+        if self._forward is None:
+            index = np.full(self.mask.shape, -1, dtype=np.int64)
+            index[self.mask] = np.arange(self.n_voxels)
+            padded = np.pad(index, 1, constant_values=-1)
+            offsets = [o for o in np.argwhere(self.structure) - 1 if tuple(o) > (0, 0, 0)]
+            coords = np.argwhere(self.mask) + 1
+            self._forward = np.stack([padded[tuple((coords + o).T)] for o in offsets], axis=1)
+        return self._forward
 
     @property
     def n_voxels(self):
@@ -73,46 +94,74 @@ class MaskGeometry:
         return np.moveaxis(volume, -1, 0).reshape(volume.shape[-1], -1)[:, self.flat_index]
 
 
-def cluster_labels(volume, threshold, structure, two_sided):
-    """Label the clusters of a box volume; negative clusters get negative labels."""
-    positive, n_pos = ndimage.label(volume > threshold, structure)
-    if not two_sided:
-        return positive, n_pos, 0
-    negative, n_neg = ndimage.label(volume < -threshold, structure)
-    return positive - negative, n_pos, n_neg
+def _components(values, threshold, geometry, sign):
+    """Connected components of the voxels with ``sign * value > threshold``.
 
-
-def cluster_measures(volume, threshold, structure, two_sided):
-    """Sizes and masses of the clusters of one box volume.
+    Works on the masked vector through the neighbour table, so the cost
+    grows with the number of supra-threshold voxels, not with the volume.
 
     Returns
     -------
+    members : numpy.ndarray of int
+        Masked indices of the supra-threshold voxels.
     labels : numpy.ndarray of int
-        Cluster label of each voxel (positive clusters 1..n, negative
-        clusters -1..-m, 0 outside clusters).
+        Component (0-based) of each member.
+    count : int
+    """
+    supra = (values * sign) > threshold
+    members = np.flatnonzero(supra)
+    if members.size == 0:
+        return members, members, 0
+    neighbours = geometry.forward_neighbours[members]
+    valid = neighbours >= 0
+    valid[valid] = supra[neighbours[valid]]
+    # rows of the edge list are sorted (row-major over members), so the CSR
+    # structure is built directly: indptr from the per-member edge counts
+    cols = np.searchsorted(members, neighbours[valid]).astype(np.int32)
+    indptr = np.zeros(members.size + 1, dtype=np.int32)
+    np.cumsum(valid.sum(axis=1), out=indptr[1:])
+    graph = sparse.csr_matrix((np.ones(cols.size, dtype=np.int8), cols, indptr), shape=(members.size, members.size))
+    count, labels = csgraph.connected_components(graph, directed=False)
+    return members, labels, count
+
+
+def cluster_measures(values, threshold, geometry, two_sided):
+    """Clusters of a masked statistic vector, with their sizes and masses.
+
+    Returns
+    -------
+    labels : numpy.ndarray of int, shape (v,)
+        Cluster of each voxel: positive clusters 1..n, negative clusters
+        -1..-m (two-sided only), 0 outside clusters.
     sizes, masses : dict
         ``{label: value}``.
     """
-    labels, n_pos, n_neg = cluster_labels(volume, threshold, structure, two_sided)
-    excess = np.abs(volume) - threshold
+    values = np.asarray(values)
+    labels = np.zeros(values.shape[0], dtype=np.int32)
     sizes, masses = {}, {}
-    for sign, count in ((1, n_pos), (-1, n_neg)):
+    for sign in ((1, -1) if two_sided else (1,)):
+        members, component, count = _components(values, threshold, geometry, sign)
         if not count:
             continue
-        lab = labels * sign
-        hit = lab > 0
-        size = np.bincount(lab[hit], minlength=count + 1)[1:]
-        mass = np.bincount(lab[hit], weights=excess[hit], minlength=count + 1)[1:]
+        size = np.bincount(component, minlength=count)
+        mass = np.bincount(component, weights=np.abs(values[members]) - threshold, minlength=count)
+        labels[members] = sign * (component + 1)
         for i in range(count):
             sizes[sign * (i + 1)] = int(size[i])
             masses[sign * (i + 1)] = float(mass[i])
     return labels, sizes, masses
 
 
-def max_cluster_measures(volume, threshold, structure, two_sided):
-    """Largest cluster size and mass of one box volume (0 when no cluster)."""
-    _, sizes, masses = cluster_measures(volume, threshold, structure, two_sided)
-    return (max(sizes.values()) if sizes else 0), (max(masses.values()) if masses else 0.0)
+def max_cluster_measures(values, threshold, geometry, two_sided):
+    """Largest cluster size and mass of a masked statistic vector (0 when none)."""
+    best_size, best_mass = 0, 0.0
+    for sign in ((1, -1) if two_sided else (1,)):
+        members, component, count = _components(values, threshold, geometry, sign)
+        if count:
+            best_size = max(best_size, int(np.bincount(component).max()))
+            mass = np.bincount(component, weights=np.abs(values[members]) - threshold)
+            best_mass = max(best_mass, float(mass.max()))
+    return best_size, best_mass
 
 
 def tfce_volumes(volumes, connectivity, E, H, two_sided, n_jobs=1):

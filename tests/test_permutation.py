@@ -500,8 +500,15 @@ def test_cluster_measures_hand_counts():
     volume[5, 1, 8], volume[5, 2, 8] = -3.0, -4.5            # N: negative, 2 voxels, mass 1 + 2.5
     volume[0, 9, 9] = 1.9                                    # below threshold
     threshold = 2.0
-    six = ndimage.generate_binary_structure(3, 1)
-    labels, sizes, masses = cluster_measures(volume, threshold, six, False)
+    mask = np.ones(volume.shape, dtype=bool)
+    six, full = MaskGeometry(mask, 6), MaskGeometry(mask, 26)
+    values = volume[mask]
+
+    def measures(geometry, two_sided):
+        labels, sizes, masses = cluster_measures(values, threshold, geometry, two_sided)
+        return labels.reshape(volume.shape), sizes, masses
+
+    labels, sizes, masses = measures(six, False)
     assert sorted(sizes.values()) == [1, 1, 3, 8] and set(sizes) == {1, 2, 3, 4}
     assert np.all(labels[volume <= threshold] == 0)
     a, b = labels[1, 1, 1], labels[6, 6, 6]
@@ -510,14 +517,13 @@ def test_cluster_measures_hand_counts():
     assert np.all(labels[1:3, 1:3, 1:3] == a) and labels[6, 7, 7] == b
     assert labels[8, 1, 1] != labels[9, 2, 2] and masses[labels[8, 1, 1]] == pytest.approx(4.0)
 
-    labels, sizes, masses = cluster_measures(volume, threshold, six, True)
+    labels, sizes, masses = measures(six, True)
     neg = labels[5, 1, 8]
     assert neg < 0 and labels[5, 2, 8] == neg and set(sizes) == {1, 2, 3, 4, -1}
     assert sizes[neg] == 2 and masses[neg] == pytest.approx(3.5)
     assert sizes[labels[1, 1, 1]] == 8                        # positive ones unchanged
 
-    full = ndimage.generate_binary_structure(3, 3)
-    labels, sizes, masses = cluster_measures(volume, threshold, full, True)
+    labels, sizes, masses = measures(full, True)
     c = labels[8, 1, 1]
     assert labels[9, 2, 2] == c and sizes[c] == 2 and masses[c] == pytest.approx(8.0)
     assert sorted(sizes.values()) == [2, 2, 3, 8]
