@@ -152,6 +152,10 @@ class OutputWriter:
         self.written.append(Path(relpath))
         return path
 
+    def adopt(self, relpaths):
+        """Register files that other code wrote into the staging folder."""
+        self.written.extend(Path(p) for p in relpaths)
+
     def json(self, relpath, content):
         """Stage a JSON file."""
         self._target(relpath).write_text(json.dumps(content, indent=2, default=_json_default) + "\n")

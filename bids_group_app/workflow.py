@@ -422,7 +422,35 @@ def _execute(plan_, options, argv):
     except BaseException:
         writer.abort()
         raise
+    if not options.no_reports:
+        written += publish_reports(plan_.output_dir)
     return [plan_.output_dir / p for p in written]
+
+
+def publish_reports(output_dir):
+    """Render the HTML reports from OUTPUT_DIR, staged and moved into place.
+
+    Returns the written paths relative to OUTPUT_DIR.
+    """
+    from .report import write_reports
+
+    writer = OutputWriter(output_dir)
+    try:
+        writer.adopt(write_reports(output_dir, writer.staging))
+        written = list(writer.written)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return written
+
+
+def reports_only(options):
+    """``--reports-only``: re-render reports from an existing OUTPUT_DIR."""
+    output_dir = options.output_dir.expanduser().resolve()
+    if not any(output_dir.glob("model-*_smdl.json")):
+        raise MissingInputError(f"{output_dir} holds no results of bids_group_app (no model-*_smdl.json); run the analysis first")
+    return [output_dir / p for p in publish_reports(output_dir)]
 
 
 def _prepare_work_dir(work_dir):
@@ -447,6 +475,8 @@ def run(options, argv=None):
     try:
         _prepare_work_dir(options.work_dir)
         with threadpool_limits(limits=options.n_cpus):
+            if options.reports_only:
+                return reports_only(options)
             planned = plan(options)
             if options.perm_shard:
                 compute_shards(planned, options)

@@ -31,10 +31,18 @@ def invoke_cli(argv):
         The exit code ``bids_group_app.cli.run.main`` returns (0 on
         success). Error messages go to stderr, which pytest shows for a
         failing test.
+
+    Notes
+    -----
+    ``--no-reports`` is added (the statistics tests do not need the HTML
+    report, whose figures take seconds); tests/test_report.py renders them.
     """
     from bids_group_app.cli.run import main
 
-    return main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if "--reports-only" not in argv and "--no-reports" not in argv:
+        argv.append("--no-reports")
+    return main(argv)
 
 
 @pytest.fixture(scope="session")

@@ -174,7 +174,7 @@ def listing(root, skip=(), hashes=False, include_dirs=True):
 def run_in_process(capsys, argv):
     """Run the CLI in-process; return (exit code, stderr)."""
     capsys.readouterr()
-    code = main([str(a) for a in argv])
+    code = main([str(a) for a in argv] + ["--no-reports"])  # reports are tested in test_report.py
     return code, capsys.readouterr().err
 
 

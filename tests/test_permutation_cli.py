@@ -67,7 +67,7 @@ def ok(run_cli, *argv):
 
 def cli_command(*argv):
     """The CLI as a real process (the interpreter of this test session)."""
-    return [sys.executable, "-m", "bids_group_app", *map(str, argv)]
+    return [sys.executable, "-m", "bids_group_app", *map(str, argv), "--no-reports"]
 
 
 def load(path):

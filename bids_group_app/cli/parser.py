@@ -156,6 +156,14 @@ def build_parser():
     perm.add_argument("--merge-perm-shards", action="store_true",
                       help="combine the N shards saved in --work-dir and write the results")
 
+    reports = parser.add_argument_group("Reports")
+    reports.add_argument("--reports-only", action="store_true",
+                         help="re-render the HTML reports and methods boilerplate of an existing OUTPUT_DIR "
+                              "without refitting")
+    reports.add_argument("--no-reports", action="store_true",
+                         help="write the results without the HTML reports (e.g. in job arrays; render them later "
+                              "with --reports-only)")
+
     other = parser.add_argument_group("Resources and logging")
     other.add_argument("--n-cpus", type=_positive_int, default=1, metavar="N", help="CPUs to use (default 1)")
     other.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="scratch folder (default: a temporary one)")

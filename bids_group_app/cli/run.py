@@ -56,7 +56,9 @@ def main(argv=None):
               "run --merge-perm-shards with the same options when every shard is done", file=sys.stderr)
         return 0
     maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
-    print(f"bids_group_app: wrote {len(maps)} statistical maps to {options.output_dir}", file=sys.stderr)
+    reports = [p for p in written if p.name.endswith("_report.html")]
+    print(f"bids_group_app: wrote {len(maps)} statistical maps to {options.output_dir}"
+          + (f"; report: {', '.join(str(p) for p in reports)}" if reports else ""), file=sys.stderr)
     return 0
 
 

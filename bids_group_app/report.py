@@ -1,0 +1,286 @@
+"""HTML reports: one per model, rendered from the files in OUTPUT_DIR.
+
+Everything is read back from the derivative dataset (model JSON, design
+tables and sidecars, statistical maps and their sidecars, cluster tables,
+the logged configuration), so ``--reports-only`` re-renders a report
+without refitting. Figures are PNG files in ``OUTPUT_DIR/figures/`` next to
+the report, the interactive viewers (nilearn ``view_img``) are
+self-contained HTML files there too: the report opens with no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import __version__
+
+LOGGER = logging.getLogger(__name__)
+FWE_LABELS = {"maxt": "voxel-level FWE (max statistic)", "maxtfce": "TFCE FWE",
+              "maxsize": "cluster-size FWE", "maxmass": "cluster-mass FWE"}
+PARAMETRIC_LABELS = {"fpr": "uncorrected (fpr)", "fdr": "FDR", "bonferroni": "Bonferroni"}
+DPI = 72
+
+
+@dataclass
+class ContrastResult:
+    """Files of one contrast of one cell."""
+
+    name: str
+    base: str
+    sidecar: dict
+    maps: dict = field(default_factory=dict)  # stat label -> Path
+    thresholded: list = field(default_factory=list)  # (kind, map Path, sidecar, clusters DataFrame)
+
+
+@dataclass
+class CellResult:
+    """Files of one model cell."""
+
+    node: str
+    prefix: str
+    design: pd.DataFrame
+    sidecar: dict
+    mask: Path
+    contrasts: list = field(default_factory=list)
+
+
+def _read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def collect(output_dir, model_path):
+    """The cells and contrasts of one model, from OUTPUT_DIR."""
+    output_dir = Path(output_dir)
+    model = _read_json(model_path)
+    cells = []
+    for node in model.get("Nodes", []):
+        if str(node.get("Level", "")).lower() != "dataset":
+            continue
+        from .outputs import sanitize_label
+
+        node_dir = output_dir / f"node-{sanitize_label(node.get('Name', 'node'))}"
+        for design_json in sorted(node_dir.glob("*design.json")):
+            prefix = design_json.name[: -len("design.json")].rstrip("_")
+            stem = f"{prefix}_" if prefix else ""
+            cell = CellResult(node=node.get("Name"), prefix=prefix,
+                              design=pd.read_csv(node_dir / f"{stem}design.tsv", sep="\t"),
+                              sidecar=_read_json(design_json), mask=node_dir / f"{stem}mask.nii.gz")
+            pattern = re.compile(rf"^{re.escape(stem)}contrast-([A-Za-z0-9]+)_stat-([A-Za-z]+)_statmap\.json$")
+            contrasts = {}
+            for sidecar in sorted(node_dir.glob(f"{stem}contrast-*_stat-*_statmap.json")):
+                match = pattern.match(sidecar.name)
+                if not match:
+                    continue
+                label, stat = match.groups()
+                base = f"{stem}contrast-{label}"
+                info = _read_json(sidecar)
+                result = contrasts.setdefault(label, ContrastResult(info["Contrast"]["Name"], base, info))
+                result.maps[stat] = sidecar.with_suffix("").with_suffix(".nii.gz")
+            order = ["fpr", "fdr", "bonferroni", *FWE_LABELS]
+
+            def rank(path):
+                kind = path.name.split("_thresh-")[1].split("_")[0]
+                return order.index(kind) if kind in order else len(order)
+
+            for label, result in contrasts.items():
+                for sidecar in sorted(node_dir.glob(f"{result.base}_stat-*_thresh-*_statmap.json"), key=rank):
+                    kind = sidecar.name.split("_thresh-")[1].split("_")[0]
+                    table = node_dir / f"{result.base}_thresh-{kind}_clusters.tsv"
+                    clusters = pd.read_csv(table, sep="\t") if table.exists() else pd.DataFrame()
+                    result.thresholded.append((kind, sidecar.with_suffix("").with_suffix(".nii.gz"),
+                                               _read_json(sidecar), clusters))
+                cell.contrasts.append(result)
+            cells.append(cell)
+    return model, cells
+
+
+class _Figures:
+    """Makes the PNG figures and viewers of a report, in ``<target>/figures``."""
+
+    def __init__(self, output_dir):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        self.output_dir = Path(output_dir)
+        self.folder = self.output_dir / "figures"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written = []
+        self._background = None
+
+    @property
+    def background(self):
+        if self._background is None:
+            from nilearn.datasets import load_mni152_template
+
+            self._background = load_mni152_template(resolution=2)
+        return self._background
+
+    def _save(self, figure, name):
+        import matplotlib.pyplot as plt
+
+        path = self.folder / name
+        figure.savefig(path, dpi=DPI, bbox_inches="tight")
+        plt.close(figure)
+        self.written.append(path)
+        return path.relative_to(self.output_dir).as_posix()
+
+    def design(self, cell, name):
+        import matplotlib.pyplot as plt
+        from nilearn.plotting import plot_design_matrix, plot_design_matrix_correlation
+
+        width = min(2 + 0.35 * cell.design.shape[1], 14)
+        figure, axes = plt.subplots(figsize=(width, 5))
+        plot_design_matrix(cell.design, axes=axes)
+        design = self._save(figure, f"{name}_design.png")
+        correlation = None
+        if cell.design.shape[1] > 1 and cell.design.shape[1] <= 40:
+            ax = plot_design_matrix_correlation(cell.design)
+            correlation = self._save(ax.figure, f"{name}_corrdesign.png")
+        return design, correlation
+
+    def contrasts(self, cell, name):
+        import matplotlib.pyplot as plt
+        from nilearn.plotting import plot_contrast_matrix
+
+        paths = []
+        for contrast in cell.contrasts:
+            weights = np.atleast_2d(contrast.sidecar["Contrast"]["Weights"])
+            ax = plot_contrast_matrix(weights if len(weights) > 1 else weights[0], design_matrix=cell.design)
+            ax.set_title(contrast.name, fontsize=9)
+            paths.append((contrast.name, self._save(ax.figure, f"{contrast.base}_contrast.png")))
+            plt.close("all")
+        return paths
+
+    def mask(self, cell, name):
+        from nilearn.plotting import plot_roi
+
+        display = plot_roi(str(cell.mask), bg_img=self.background, draw_cross=False, display_mode="ortho")
+        return self._save(display.frame_axes.figure, f"{name}_mask.png")
+
+    def statmap(self, path, name, threshold=None, title=None):
+        """Slices and glass brain of a map; ``threshold`` hides smaller |values|."""
+        from nilearn.plotting import plot_glass_brain, plot_stat_map
+
+        kwargs = {"threshold": threshold, "colorbar": True, "title": title}
+        slices = plot_stat_map(str(path), bg_img=self.background, display_mode="ortho", draw_cross=False, **kwargs)
+        slices_png = self._save(slices.frame_axes.figure, f"{name}_slices.png")
+        glass = plot_glass_brain(str(path), plot_abs=False, display_mode="lyrz", **kwargs)
+        glass_png = self._save(glass.frame_axes.figure, f"{name}_glass.png")
+        return slices_png, glass_png
+
+    def viewer(self, path, name, threshold, title):
+        from nilearn.plotting import view_img
+
+        target = self.folder / f"{name}_viewer.html"
+        view_img(str(path), bg_img=self.background, threshold=threshold, title=title).save_as_html(str(target))
+        self.written.append(target)
+        return target.relative_to(self.output_dir).as_posix()
+
+
+def _threshold_text(kind, sidecar):
+    if kind in FWE_LABELS:
+        return (f"{FWE_LABELS[kind]} p < {sidecar.get('FWEAlpha')} by permutation "
+                f"({sidecar.get('NumberOfPermutations')} shufflings, {sidecar.get('Shuffling', {}).get('Scheme')}); "
+                f"{sidecar.get('SurvivingVoxels', 0)} voxels survive")
+    threshold = (sidecar.get("Threshold") or {}).get("Value")
+    value = "no voxel survives" if threshold is None else f"z > {threshold:.3f}"
+    label = PARAMETRIC_LABELS.get(sidecar.get("HeightControl"), sidecar.get("HeightControl"))
+    extent = sidecar.get("ClusterExtentThreshold", 0)
+    return f"{label} α = {sidecar.get('Alpha')}, {value}" + (f", clusters ≥ {extent} voxels" if extent else "")
+
+
+def _table_html(frame):
+    if frame is None or frame.empty:
+        return "<p class='empty'>No cluster.</p>"
+    return frame.to_html(index=False, classes="clusters", border=0, na_rep="", float_format=lambda v: f"{v:.2f}")
+
+
+def _latest_config(output_dir):
+    configs = sorted((Path(output_dir) / "logs").glob("config-*.json"))
+    return _read_json(configs[-1]) if configs else {}
+
+
+def render_model_report(output_dir, model_path, target_dir=None):
+    """Render ``model-<name>_report.html`` and its figures.
+
+    Reads OUTPUT_DIR; writes into ``target_dir`` (default OUTPUT_DIR), whose
+    layout mirrors OUTPUT_DIR (a staging folder moved into place later).
+    Returns the written paths relative to ``target_dir``.
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    output_dir = Path(output_dir)
+    target_dir = Path(target_dir or output_dir)
+    model, cells = collect(output_dir, model_path)
+    figures = _Figures(target_dir)
+    sections = []
+    for cell in cells:
+        name = f"node-{cell.node}" + (f"_{cell.prefix}" if cell.prefix else "")
+        design, correlation = figures.design(cell, name)
+        contrasts = []
+        for contrast in cell.contrasts:
+            stat = "t" if "t" in contrast.maps else "F"
+            unthresholded = figures.statmap(contrast.maps[stat], f"{contrast.base}_stat-{stat}",
+                                            title=f"{contrast.name}: {stat} (unthresholded)")
+            thresholded = []
+            for kind, path, sidecar, clusters in contrast.thresholded:
+                survived = bool(np.any(np.asarray(nib.load(str(path)).dataobj)))
+                images = figures.statmap(path, f"{contrast.base}_thresh-{kind}", threshold=1e-6,
+                                         title=f"{contrast.name}: {kind}") if survived else None
+                thresholded.append({
+                    "kind": kind, "family": "permutation" if kind in FWE_LABELS else "parametric",
+                    "text": _threshold_text(kind, sidecar), "images": images, "table": _table_html(clusters),
+                    "atlas": sidecar.get("Atlas"),
+                })
+            z_threshold = _parametric_z_threshold(contrast)
+            viewer = figures.viewer(contrast.maps["z"], f"{contrast.base}_stat-z", threshold=z_threshold,
+                                    title=f"{contrast.name} (z{f' > {z_threshold:.2f}' if z_threshold else ''})")
+            contrasts.append({"name": contrast.name, "test": contrast.sidecar["Contrast"]["Test"],
+                              "dof": contrast.sidecar.get("DegreesOfFreedom"),
+                              "unthresholded": unthresholded, "thresholded": thresholded, "viewer": viewer})
+        sections.append({
+            "title": f"{cell.node}" + (f" — {cell.prefix}" if cell.prefix else ""),
+            "design": design, "correlation": correlation, "contrast_figures": figures.contrasts(cell, name),
+            "mask": figures.mask(cell, name), "sidecar": cell.sidecar, "contrasts": contrasts,
+            "n_maps": cell.sidecar.get("NumberOfMaps"),
+        })
+    environment = Environment(loader=PackageLoader("bids_group_app", "templates"),
+                              autoescape=select_autoescape(["html", "j2"]))
+    config = _latest_config(output_dir)
+    page = environment.get_template("report.html.j2").render(
+        model=model, model_json=json.dumps(model, indent=2), sections=sections, config=config,
+        command=" ".join(html.escape(str(a)) for a in config.get("CommandLine", [])),
+        versions=config.get("SoftwareVersions", {}), version=__version__,
+        description=_read_json(output_dir / "dataset_description.json") if (output_dir / "dataset_description.json").exists() else {},
+    )
+    from .outputs import sanitize_label
+
+    target = target_dir / f"model-{sanitize_label(model.get('Name', 'model'))}_report.html"
+    target.write_text(page)
+    return [p.relative_to(target_dir) for p in (target, *figures.written)]
+
+
+def _parametric_z_threshold(contrast):
+    """The z threshold of the parametric thresholded map, if one was made."""
+    for kind, _, sidecar, _ in contrast.thresholded:
+        value = (sidecar.get("Threshold") or {}).get("Value")
+        if kind not in FWE_LABELS and value:
+            return float(value)
+    return None
+
+
+def write_reports(output_dir, target_dir=None):
+    """Render the report of every model in OUTPUT_DIR; returns the written relative paths."""
+    written = []
+    for model_path in sorted(Path(output_dir).glob("model-*_smdl.json")):
+        written.extend(render_model_report(output_dir, model_path, target_dir))
+    return written
