@@ -181,7 +181,10 @@ class _Figures:
         from nilearn.plotting import view_img
 
         target = self.folder / f"{name}_viewer.html"
-        view_img(str(path), bg_img=self.background, threshold=threshold, title=title).save_as_html(str(target))
+        page = view_img(str(path), bg_img=self.background, threshold=threshold, title=title).get_standalone()
+        # the page embeds its scripts and images; only nilearn's favicon would need the network
+        page = re.sub(r"<link[^>]*rel=\"icon\"[^>]*/?>", "", page, flags=re.S)
+        target.write_text(page)
         self.written.append(target)
         return target.relative_to(self.output_dir).as_posix()
 

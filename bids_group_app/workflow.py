@@ -422,21 +422,24 @@ def _execute(plan_, options, argv):
     except BaseException:
         writer.abort()
         raise
-    if not options.no_reports:
-        written += publish_reports(plan_.output_dir)
+    written += publish_reports(plan_.output_dir, html_reports=not options.no_reports)
     return [plan_.output_dir / p for p in written]
 
 
-def publish_reports(output_dir):
-    """Render the HTML reports from OUTPUT_DIR, staged and moved into place.
+def publish_reports(output_dir, html_reports=True):
+    """Render the methods boilerplate and the HTML reports from OUTPUT_DIR.
 
-    Returns the written paths relative to OUTPUT_DIR.
+    They are staged and moved into place like the results. Returns the
+    written paths relative to OUTPUT_DIR.
     """
+    from .boilerplate import write_boilerplate
     from .report import write_reports
 
     writer = OutputWriter(output_dir)
     try:
-        writer.adopt(write_reports(output_dir, writer.staging))
+        writer.adopt(p.relative_to(writer.staging) for p in write_boilerplate(output_dir, writer.staging))
+        if html_reports:
+            writer.adopt(write_reports(output_dir, writer.staging))
         written = list(writer.written)
         writer.commit()
     except BaseException:
