@@ -2,9 +2,10 @@
 
 nilearn does the work: ``threshold_stats_img`` turns ``--height-control``
 (fpr, fdr, bonferroni) and ``--alpha`` into a z threshold and applies the
-cluster-extent threshold; ``get_clusters_table`` lists clusters and their
-sub-peaks. ``none`` means no parametric thresholding (no thresholded maps,
-no cluster tables).
+cluster-extent threshold; :func:`.atlas.cluster_table` lists clusters and
+their sub-peaks (nilearn's ``get_clusters_table``) with anatomical labels.
+``none`` means no parametric thresholding (no thresholded maps, no cluster
+tables).
 
 Sidedness: t-contrasts are thresholded on the positive tail unless
 ``two_sided`` is set (then both tails at alpha/2 each, nilearn's
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from nilearn.glm import threshold_stats_img
-from nilearn.reporting import get_clusters_table
+
+from .atlas import DEFAULT_ATLAS, cluster_table, load_atlas
 
 HEIGHT_CONTROLS = ("fpr", "fdr", "bonferroni", "none")
 
@@ -45,7 +47,13 @@ class Thresholded:
             "ClusterExtentThreshold": self.cluster_threshold,
             "TwoSided": self.two_sided,
             "NumberOfClusters": int(self.clusters["Cluster ID"].astype(str).str.isdigit().sum()) if len(self.clusters) else 0,
+            "Atlas": atlas_provenance(),
         }
+
+
+def atlas_provenance():
+    """Which atlas (and version) labels the cluster tables."""
+    return load_atlas(DEFAULT_ATLAS).provenance
 
 
 def threshold_contrast(z_img, mask_img, *, height_control, alpha, cluster_threshold, two_sided):
@@ -64,20 +72,13 @@ def threshold_contrast(z_img, mask_img, *, height_control, alpha, cluster_thresh
             z_img, mask_img=mask_img, alpha=alpha, height_control=height_control,
             cluster_threshold=int(cluster_threshold), two_sided=two_sided,
         )
-        if np.isfinite(threshold):
-            clusters = get_clusters_table(z_img, stat_threshold=float(threshold),
-                                          cluster_threshold=int(cluster_threshold), two_sided=two_sided)
-        else:
-            clusters = pd.DataFrame(columns=["Cluster ID", "X", "Y", "Z", "Peak Stat", "Cluster Size (mm3)"])
+    clusters = cluster_table(z_img, float(threshold), two_sided=two_sided, cluster_threshold=int(cluster_threshold))
     return Thresholded(img, float(threshold), clusters, height_control, float(alpha), int(cluster_threshold), bool(two_sided))
 
 
 def threshold_table(img, *, two_sided):
-    """Cluster table of an already thresholded map (every non-zero voxel kept)."""
+    """Labelled cluster table of an already thresholded map (every non-zero voxel kept)."""
     data = np.asarray(img.dataobj)
     nonzero = np.abs(data[data != 0])
-    if not nonzero.size:
-        return pd.DataFrame(columns=["Cluster ID", "X", "Y", "Z", "Peak Stat", "Cluster Size (mm3)"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_clusters_table(img, stat_threshold=float(nonzero.min()) * (1 - 1e-6), two_sided=two_sided)
+    threshold = float(nonzero.min()) * (1 - 1e-6) if nonzero.size else float("inf")
+    return cluster_table(img, threshold, two_sided=two_sided)

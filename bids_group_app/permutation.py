@@ -53,8 +53,9 @@ from threadpoolctl import threadpool_limits
 from .spatial import cluster_measures, max_cluster_measures, tfce_volumes
 
 BATCH_VOXELWISE = 128
-BATCH_SPATIAL = 32
-TFCE_CHUNK = 4
+BATCH_CLUSTER = 16
+BATCH_TFCE = 8
+TFCE_CHUNK = 1
 TILE_FLOATS = 1 << 21
 MIN_TILE_FLOATS = 1 << 16
 TIE_TOLERANCE = 1e-6
@@ -96,7 +97,9 @@ class Settings:
     @property
     def batch_size(self):
         """Shufflings per batch (fixed, so results never depend on n_jobs)."""
-        return BATCH_SPATIAL if self.spatial else BATCH_VOXELWISE
+        if self.tfce:
+            return BATCH_TFCE
+        return BATCH_CLUSTER if self.spatial else BATCH_VOXELWISE
 
 
 def _orth(A):
@@ -378,13 +381,22 @@ class ContrastTest:
                 maxima.append(np.abs(values).max(axis=1) if self.two_sided else values.max(axis=1))
             result["max_tfce"] = np.concatenate(maxima)
         if self.prep.cluster_threshold is not None:
-            sizes, masses = zip(*(
-                max_cluster_measures(row, self.prep.cluster_threshold, self.geometry, self.two_sided)
-                for row in maps
-            ))
-            result["max_size"] = np.asarray(sizes, dtype=np.float64)
-            result["max_mass"] = np.asarray(masses, dtype=np.float64)
+            result.update(self._clusters(maps))
         return result
+
+    def _clusters(self, maps, to_stat=None, threshold=None):
+        """Largest cluster size and mass of each map (B, v).
+
+        ``maps`` may hold a monotone transform of the statistic (``g``);
+        ``threshold`` is then the transformed cluster-forming threshold and
+        ``to_stat`` maps values back to the statistic for the masses.
+        """
+        threshold = self.prep.cluster_threshold if threshold is None else threshold
+        sizes, masses = zip(*(
+            max_cluster_measures(row, threshold, self.geometry, self.two_sided, to_stat, self.prep.cluster_threshold)
+            for row in maps
+        ))
+        return {"max_size": np.asarray(sizes, dtype=np.float64), "max_mass": np.asarray(masses, dtype=np.float64)}
 
     def _observe(self):
         n = self.prep.residuals.shape[0]
@@ -410,13 +422,21 @@ class ContrastTest:
         counts = np.zeros(self.prep.residuals.shape[1], dtype=np.int64)
         maxima = np.full(B, -np.inf)
         result = {}
-        if self.prep.monotone and not self.settings.spatial:
+        if self.prep.monotone and not self.settings.tfce:
+            # t is an increasing function of g: compare, maximise and form
+            # clusters on g, and turn into t only the maxima and cluster members
             W = _shuffled_rows(self.prep.basis, orders, signs)
+            g_maps = np.empty((B, self.prep.residuals.shape[1]), dtype=np.float32) if self.settings.spatial else None
             for lo, hi, G in self._tiles(W, B):
                 g = np.abs(G[:, 0, :]) if self.two_sided else G[:, 0, :]
                 maxima = np.maximum(maxima, g.max(axis=1))
                 counts[lo:hi] += np.count_nonzero(g >= self._threshold_g[lo:hi], axis=0)
+                if g_maps is not None:
+                    g_maps[:, lo:hi] = G[:, 0, :]
             maxima = _t_from_g(maxima, self.prep.dof)
+            if g_maps is not None:
+                result = self._clusters(g_maps, to_stat=lambda g: _t_from_g(g, self.prep.dof),
+                                        threshold=float(_g_from_t(self.prep.cluster_threshold, self.prep.dof)))
         elif not self.settings.spatial:
             W = _shuffled_rows(self.prep.basis, orders, signs)
             for lo, hi, G in self._tiles(W, B):

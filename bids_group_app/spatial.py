@@ -24,8 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, sparse
-from scipy.sparse import csgraph
+from scipy import ndimage
 
 CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
 
@@ -64,7 +63,7 @@ class MaskGeometry:
         connected-components search needs.
         """
         if self._forward is None:
-            index = np.full(self.mask.shape, -1, dtype=np.int64)
+            index = np.full(self.mask.shape, -1, dtype=np.int32)
             index[self.mask] = np.arange(self.n_voxels)
             padded = np.pad(index, 1, constant_values=-1)
             offsets = [o for o in np.argwhere(self.structure) - 1 if tuple(o) > (0, 0, 0)]
@@ -115,14 +114,33 @@ def _components(values, threshold, geometry, sign):
     neighbours = geometry.forward_neighbours[members]
     valid = neighbours >= 0
     valid[valid] = supra[neighbours[valid]]
-    # rows of the edge list are sorted (row-major over members), so the CSR
-    # structure is built directly: indptr from the per-member edge counts
-    cols = np.searchsorted(members, neighbours[valid]).astype(np.int32)
-    indptr = np.zeros(members.size + 1, dtype=np.int32)
-    np.cumsum(valid.sum(axis=1), out=indptr[1:])
-    graph = sparse.csr_matrix((np.ones(cols.size, dtype=np.int8), cols, indptr), shape=(members.size, members.size))
-    count, labels = csgraph.connected_components(graph, directed=False)
-    return members, labels, count
+    a = np.broadcast_to(np.arange(members.size)[:, None], neighbours.shape)[valid]
+    b = np.searchsorted(members, neighbours[valid])
+    roots = _union_find(members.size, a, b)
+    _, labels = np.unique(roots, return_inverse=True)
+    return members, labels.ravel(), int(labels.max()) + 1
+
+
+def _union_find(n, a, b):
+    """Root of each of ``n`` nodes joined by the edges ``(a[k], b[k])``.
+
+    Vectorised hooking and pointer jumping: each round links the larger of
+    two differing roots to the smaller (so no cycle can form), then
+    compresses every path to its root; a handful of rounds suffices.
+    """
+    parent = np.arange(n)
+    while True:
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not differ.any():
+            return parent
+        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
+        parent[hi] = lo
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
 
 
 def cluster_measures(values, threshold, geometry, two_sided):
@@ -152,15 +170,22 @@ def cluster_measures(values, threshold, geometry, two_sided):
     return labels, sizes, masses
 
 
-def max_cluster_measures(values, threshold, geometry, two_sided):
-    """Largest cluster size and mass of a masked statistic vector (0 when none)."""
+def max_cluster_measures(values, threshold, geometry, two_sided, to_stat=None, stat_threshold=None):
+    """Largest cluster size and mass of a masked vector (0 when none).
+
+    ``values`` may be an increasing transform of the statistic: clusters
+    are formed with ``threshold`` on ``values``, and masses are computed on
+    ``to_stat(values)`` above ``stat_threshold`` (by default the values and
+    threshold themselves).
+    """
     best_size, best_mass = 0, 0.0
     for sign in ((1, -1) if two_sided else (1,)):
         members, component, count = _components(values, threshold, geometry, sign)
         if count:
             best_size = max(best_size, int(np.bincount(component).max()))
-            mass = np.bincount(component, weights=np.abs(values[members]) - threshold)
-            best_mass = max(best_mass, float(mass.max()))
+            heights = np.abs(values[members] if to_stat is None else to_stat(values[members]))
+            excess = heights - (threshold if stat_threshold is None else stat_threshold)
+            best_mass = max(best_mass, float(np.bincount(component, weights=excess).max()))
     return best_size, best_mass
 
 

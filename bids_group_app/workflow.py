@@ -37,7 +37,8 @@ from .errors import (
     UsageError,
 )
 from .glm import contrast_maps, fit_ols
-from .inference import threshold_contrast, threshold_table
+from .atlas import COLUMN_DESCRIPTIONS
+from .inference import atlas_provenance, threshold_contrast, threshold_table
 from .model_spec import auto_group_by, load_model, model_from_options, parse_model
 from .outputs import (
     OutputWriter,
@@ -288,7 +289,10 @@ def _write_thresholded(writer, prefix, img, info, clusters, sidecar):
     writer.json(f"{prefix}_stat-{stat_name}_thresh-{thresh}_statmap.json", sidecar)
     writer.table(f"{prefix}_thresh-{thresh}_clusters.tsv", clusters)
     writer.json(f"{prefix}_thresh-{thresh}_clusters.json", {
-        "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map; X/Y/Z in mm",
+        "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map, with "
+                       "anatomical labels; X/Y/Z in mm",
+        "Columns": COLUMN_DESCRIPTIONS,
+        "Atlas": atlas_provenance(),
         **{k: v for k, v in sidecar.items() if k not in ("Inputs", "Subjects")},
     })
 
@@ -339,6 +343,7 @@ def _write_permutation(writer, dm, contrast, test, null, parametric, base, about
         clusters = threshold_table(img, two_sided=test.two_sided)
         _write_thresholded(writer, base, img, (stat_name, kind), clusters, {
             "Statistic": stat_name, "Thresholding": description, "FWEAlpha": options.fwe_alpha,
+            "Atlas": atlas_provenance(),
             "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
 
 

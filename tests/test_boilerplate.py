@@ -256,12 +256,12 @@ def test_rerendering_reads_only_output_dir(perm_run, tmp_path):
 
 def test_atlas_labels_cite_aal3(perm_run, tmp_path):
     out, _ = perm_run
+    sidecar = next(out.glob("node-*/*contrast-score_stat-z_thresh-fpr_statmap.json"))
+    assert json.loads(sidecar.read_text())["Atlas"]["Atlas"] == "AAL3"   # written by the run
     copy = tmp_path / "atlas"
     shutil.copytree(out, copy)
-    sidecar = next(copy.glob("node-*/*contrast-score_stat-z_thresh-fpr_statmap.json"))
-    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "Atlas": "AAL3v1"}))
     md = write_boilerplate(copy)[0].read_text(encoding="utf-8")
-    assert "labelled with the AAL3v1 ([Rolls et al., 2020](#rolls2020)) atlas" in md
+    assert "labelled with the AAL3 ([Rolls et al., 2020](#rolls2020)) atlas" in md
     assert "rolls2020" in _bib_keys((copy / "logs" / "CITATION.bib").read_text())
 
 

