@@ -171,7 +171,12 @@ class _Figures:
         from nilearn.plotting import plot_glass_brain, plot_stat_map
 
         kwargs = {"threshold": threshold, "colorbar": True, "title": title}
-        slices = plot_stat_map(str(path), bg_img=self.background, display_mode="ortho", draw_cross=False, **kwargs)
+        img = nib.load(str(path))
+        data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
+        peak = np.unravel_index(int(np.argmax(np.abs(data))), data.shape)
+        cut = nib.affines.apply_affine(img.affine, peak)  # slices through the strongest voxel
+        slices = plot_stat_map(img, bg_img=self.background, display_mode="ortho", draw_cross=False,
+                               cut_coords=cut, cmap="cold_hot", black_bg=True, **kwargs)
         slices_png = self._save(slices.frame_axes.figure, f"{name}_slices.png")
         glass = plot_glass_brain(str(path), plot_abs=False, display_mode="lyrz", **kwargs)
         glass_png = self._save(glass.frame_axes.figure, f"{name}_glass.png")
