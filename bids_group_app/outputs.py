@@ -28,6 +28,8 @@ failed run leaves no half-written or misleading map.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -201,5 +203,58 @@ def _json_default(value):
 
 def bidsignore():
     """Content of OUTPUT_DIR/.bidsignore: files using entities BIDS lacks."""
-    lines = ["node-*/", "logs/", "*_smdl.json", ".bids_group_app-*"]
+    lines = ["node-*/", "logs/", "figures/", "*_smdl.json", "*_report.html", ".bids_group_app*"]
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def output_lock(output_dir):
+    """Exclusive lock on OUTPUT_DIR (``.bids_group_app.lock``), for the short
+    step where a run commits its files and updates the shared ones."""
+    path = Path(output_dir) / ".bids_group_app.lock"
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as err:
+        raise OutputError(f"cannot lock {output_dir}: {err.strerror or err}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def merge_descriptions(existing, new):
+    """dataset_description.json of an OUTPUT_DIR that earlier runs wrote too:
+    the new one, with the source datasets of both."""
+    if not isinstance(existing, dict):
+        return new
+    sources = [*existing.get("SourceDatasets", []), *new.get("SourceDatasets", [])]
+    unique = list({json.dumps(s, sort_keys=True): s for s in sources}.values())
+    return {**new, "SourceDatasets": unique}
+
+
+def merge_models(existing, new):
+    """One model document covering two runs of the same design.
+
+    Runs of one model that selected different maps (e.g. one job-array task
+    per first-level contrast with ``--filter``) differ only in ``Input``;
+    the merged ``Input`` takes, per entity, the values of both, so
+    ``--model`` on the saved file reproduces every run's outputs. Returns
+    None when the designs differ.
+    """
+    if not isinstance(existing, dict):
+        return new
+    strip = lambda d: {k: v for k, v in d.items() if k != "Input"}  # noqa: E731
+    if json.dumps(strip(existing), sort_keys=True) != json.dumps(strip(new), sort_keys=True):
+        return None
+    old_input, new_input = existing.get("Input") or {}, new.get("Input") or {}
+    if set(old_input) != set(new_input):
+        return None
+    merged = {}
+    for key, values in new_input.items():
+        values = values if isinstance(values, list) else [values]
+        previous = old_input[key] if isinstance(old_input[key], list) else [old_input[key]]
+        merged[key] = sorted({*map(str, previous), *map(str, values)}) if None not in previous + values else values
+    return {**new, "Input": merged}

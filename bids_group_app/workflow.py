@@ -42,6 +42,9 @@ from .inference import atlas_provenance, threshold_contrast, threshold_table
 from .model_spec import auto_group_by, load_model, model_from_options, parse_model
 from .outputs import (
     OutputWriter,
+    merge_descriptions,
+    merge_models,
+    output_lock,
     bidsignore,
     cell_prefix,
     dataset_description,
@@ -412,23 +415,48 @@ def _execute(plan_, options, argv):
         for cell in plan_.cells:
             LOGGER.info("fitting node %s %s (%d maps)", cell.node.name, cell.group_values or "", len(cell.design.rows))
             _write_cell(writer, cell, plan_, options, versions)
-        model_name = sanitize_label(plan_.document.get("Name", "model"))
-        writer.json(f"model-{model_name}_smdl.json", plan_.document)
         writer.json(f"logs/config-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json", {
             "CommandLine": ["bids_group_app"] + list(sys.argv[1:] if argv is None else argv),
             "Options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
             "Filters": plan_.filters,
             "SoftwareVersions": versions,
         })
-        writer.json("dataset_description.json", dataset_description([plan_.bids_dir, *plan_.derivatives]))
         writer.text(".bidsignore", bidsignore())
-        written = list(writer.written)
-        writer.commit()
+        # files that concurrent runs into the same OUTPUT_DIR share are merged
+        # with what is there, under the lock, so no run clobbers another's
+        with output_lock(plan_.output_dir):
+            model_file = _model_file(plan_.output_dir, plan_.document)
+            writer.json(model_file.name, merge_models(_read_existing(model_file), plan_.document))
+            description = plan_.output_dir / "dataset_description.json"
+            writer.json(description.name, merge_descriptions(
+                _read_existing(description), dataset_description([plan_.bids_dir, *plan_.derivatives])))
+            written = list(writer.written)
+            writer.commit()
+            written += publish_reports(plan_.output_dir, html_reports=not options.no_reports)
     except BaseException:
         writer.abort()
         raise
-    written += publish_reports(plan_.output_dir, html_reports=not options.no_reports)
     return [plan_.output_dir / p for p in written]
+
+
+def _read_existing(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _model_file(output_dir, document):
+    """Where a model is saved: ``model-<name>_smdl.json``, or with a hash when
+    another model of the same name but a different design is there."""
+    name = sanitize_label(document.get("Name", "model"))
+    path = Path(output_dir) / f"model-{name}_smdl.json"
+    existing = _read_existing(path)
+    if existing is None or merge_models(existing, document) is not None:
+        return path
+    digest = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(document, sort_keys=True)).hex[:8]
+    LOGGER.warning("OUTPUT_DIR holds another model named %s; saving this one as model-%s%s_smdl.json", name, name, digest)
+    return Path(output_dir) / f"model-{name}{digest}_smdl.json"
 
 
 def publish_reports(output_dir, html_reports=True):
