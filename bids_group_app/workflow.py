@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -392,19 +391,23 @@ def compute_shards(plan_, options):
 def execute(plan_, options, argv=None):
     """Fit every cell and write the derivative dataset; returns written paths.
 
-    On failure nothing is left behind: staged files are dropped, and an
-    OUTPUT_DIR that this run created is removed again.
+    On failure nothing is left behind: staged files are dropped, and the
+    folders this run created are removed again if they are still empty (a
+    concurrent run may have written into them meanwhile).
     """
-    created = None
+    created = []
     for folder in (plan_.output_dir, *plan_.output_dir.parents):
         if folder.exists():
             break
-        created = folder
+        created.append(folder)
     try:
         return _execute(plan_, options, argv)
     except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 
