@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .outputs import sanitize_label
 
 LOGGER = logging.getLogger(__name__)
 FWE_LABELS = {"maxt": "voxel-level FWE (max statistic)", "maxtfce": "TFCE FWE",
@@ -65,8 +66,6 @@ def collect(output_dir, model_path):
     for node in model.get("Nodes", []):
         if str(node.get("Level", "")).lower() != "dataset":
             continue
-        from .outputs import sanitize_label
-
         node_dir = output_dir / f"node-{sanitize_label(node.get('Name', 'node'))}"
         for design_json in sorted(node_dir.glob("*design.json")):
             prefix = design_json.name[: -len("design.json")].rstrip("_")
@@ -270,8 +269,6 @@ def render_model_report(output_dir, model_path, target_dir=None):
         versions=config.get("SoftwareVersions", {}), version=__version__,
         description=_read_json(output_dir / "dataset_description.json") if (output_dir / "dataset_description.json").exists() else {},
     )
-    from .outputs import sanitize_label
-
     target = target_dir / f"model-{sanitize_label(model.get('Name', 'model'))}_report.html"
     target.write_text(page)
     return [p.relative_to(target_dir) for p in (target, *figures.written)]
