@@ -27,7 +27,7 @@ LOGGER = logging.getLogger(__name__)
 SOFTWARE_KEY = "bids_group_app"
 P_VALUE_CONVENTION = (
     "p = (1 + #{null >= observed}) / (1 + NumberOfPermutations), the unpermuted data counted once; "
-    "exhaustive tests use every distinct shuffling and leave out the identity; a null value within 1e-6 "
+    "exhaustive tests use every distinct shuffling and leave out the identity; a null value within 1e-5 "
     "(relative) of the observed one counts as a tie; maps hold -log10(p)"
 )
 

@@ -145,7 +145,7 @@ class OutputWriter:
             self.staging = self.output_dir / f".bids_group_app-staging-{uuid.uuid4().hex[:12]}"
             self.staging.mkdir()
         except OSError as err:
-            raise OutputError(f"output directory {self.output_dir} cannot be created: {err.strerror or err}") from None
+            raise OutputError(f"output directory {self.output_dir} cannot be created or written: {err.strerror or err}") from None
         self.written = []
 
     def _target(self, relpath):
