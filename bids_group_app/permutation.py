@@ -33,7 +33,9 @@ Shufflings are processed in fixed batches (their size depends only on the
 kind of inference), voxel tiles have a fixed size, each batch uses
 single-threaded BLAS, maxima are exact and counts are integers. So the
 results depend only on (data, design, seed, n_perm): not on ``n_jobs``, on
-scheduling, or on how batches are spread over shards.
+scheduling, or on how batches are spread over shards. (Across machines,
+OpenBLAS may pick kernels for another CPU, which round float32 sums
+differently; ``OPENBLAS_CORETYPE`` pins them.)
 
 p-values are ``(1 + #{null >= observed}) / (1 + n_perm)``; a null value
 within ``1e-5`` (relative, at least 1e-5 absolute) below the observed one
