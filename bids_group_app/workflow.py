@@ -1,10 +1,12 @@
 """The group analysis, top to bottom.
 
-model spec → inputs → design → data matrix → GLM → inference → outputs.
-:func:`plan` does every check that needs no image data (inputs, model,
-designs, contrasts) so that most bad input fails before anything is
-computed; :func:`execute` loads the maps, fits, and writes through a staging
-folder that is committed only when every cell succeeded.
+model spec → inputs → design → data matrix → GLM → permutation →
+inference → outputs → report. :func:`plan` does every check that needs no
+image data (inputs, model, designs, contrasts) so that most bad input fails
+before anything is computed; :func:`execute` loads the maps, fits, runs the
+permutations, and writes through a staging folder that is committed (under
+a lock on OUTPUT_DIR) only when every cell succeeded; the report and the
+methods text are then rendered from OUTPUT_DIR.
 """
 
 from __future__ import annotations
@@ -349,15 +351,14 @@ def _write_permutation(writer, dm, contrast, test, null, parametric, base, about
             "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
 
 
-def _fit_cell(cell, options):
-    dm = build_data_matrix(list(cell.design.rows["path"]), mask=options.mask, smoothing_fwhm=options.smoothing_fwhm)
-    return dm
+def _data_matrix(cell, options):
+    return build_data_matrix(list(cell.design.rows["path"]), mask=options.mask, smoothing_fwhm=options.smoothing_fwhm)
 
 
 def _write_cell(writer, cell, plan_, options, versions):
     design = cell.design
     node_dir = f"node-{sanitize_label(cell.node.name)}"
-    dm = _fit_cell(cell, options)
+    dm = _data_matrix(cell, options)
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
     common = {**_design_sidecar(cell, plan_, dm, options), "SoftwareVersions": versions}
     writer.table(f"{node_dir}/{join_name(cell.prefix, 'design.tsv')}", design.matrix)
@@ -379,7 +380,7 @@ def compute_shards(plan_, options):
     """``--perm-shard K/N``: compute and save this shard of every contrast's null."""
     saved = 0
     for cell in plan_.cells:
-        dm = _fit_cell(cell, options)
+        dm = _data_matrix(cell, options)
         blocks = nonparametric.resolve_blocks(cell, options)
         shufflings = nonparametric.cell_shufflings(cell, options, blocks)
         for contrast in cell.design.contrasts:
