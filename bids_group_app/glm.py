@@ -67,8 +67,8 @@ def fit_ols(Y, X):
     for result in results.values():
         # nilearn's OLSModel divides the RSS by n - p (columns) while its
         # degrees of freedom are n - rank(X); for rank-deficient designs
-        # (subject columns) that underestimates sigma² only when p > rank:
-        # rescale so that sigma² = RSS / (n - rank), matching the dof.
+        # (subject columns, p > rank) that overestimates sigma² and shrinks
+        # t and F: rescale so that sigma² = RSS / (n - rank), matching the dof.
         if result.df_residuals != n - p:
             result.dispersion = result.dispersion * (n - p) / result.df_residuals
     return labels, results
