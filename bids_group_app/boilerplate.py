@@ -210,20 +210,17 @@ def collect(output_dir):
         ``nodes`` and their ``cells``), ``config`` (the latest
         ``logs/config-*.json``), ``versions``, ``description``.
     """
-    from .outputs import sanitize_label
+    from .outputs import dataset_node_dirs, latest_config
 
     output_dir = Path(output_dir)
-    configs = sorted((output_dir / "logs").glob("config-*.json"))
-    config = _read_json(configs[-1]) if configs else {}
+    config_path = latest_config(output_dir)
+    config = _read_json(config_path) if config_path else {}
     description_path = output_dir / "dataset_description.json"
     models = []
     for model_path in sorted(output_dir.glob("model-*_smdl.json")):
         model = _read_json(model_path)
         nodes = []
-        for node in model.get("Nodes", []):
-            if str(node.get("Level", "")).lower() != "dataset":
-                continue
-            node_dir = output_dir / f"node-{sanitize_label(node.get('Name', 'node'))}"
+        for node, node_dir in dataset_node_dirs(output_dir, model):
             cells = [_cell_facts(node_dir, d, _contrast_order(node)) for d in sorted(node_dir.glob("*design.json"))]
             if cells:
                 design = [(c["columns"], [(k["name"], k["test"], k["rows"]) for k in c["contrasts"]]) for c in cells]
@@ -239,7 +236,7 @@ def collect(output_dir):
     cells = [c for m in models for n in m["nodes"] for c in n["cells"]]
     return {
         "models": models, "cells": cells, "config": config,
-        "config_file": f"logs/{configs[-1].name}" if configs else None,
+        "config_file": f"logs/{config_path.name}" if config_path else None,
         "versions": (cells[0]["versions"] if cells else {}) or config.get("SoftwareVersions", {}),
         "description": _read_json(description_path) if description_path.exists() else {},
         "any_permutation": any(c["permutation"] for c in cells),

@@ -258,3 +258,15 @@ def merge_models(existing, new):
         previous = old_input[key] if isinstance(old_input[key], list) else [old_input[key]]
         merged[key] = sorted({*map(str, previous), *map(str, values)}) if None not in previous + values else values
     return {**new, "Input": merged}
+
+
+def dataset_node_dirs(output_dir, model):
+    """``(node, folder)`` of each Dataset-level node of a saved model document."""
+    return [(node, Path(output_dir) / f"node-{sanitize_label(node.get('Name', 'node'))}")
+            for node in model.get("Nodes", []) if str(node.get("Level", "")).lower() == "dataset"]
+
+
+def latest_config(output_dir):
+    """Path of the most recent ``logs/config-*.json`` of OUTPUT_DIR (None when none)."""
+    configs = sorted((Path(output_dir) / "logs").glob("config-*.json"))
+    return configs[-1] if configs else None

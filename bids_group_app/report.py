@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .outputs import sanitize_label
+from .outputs import dataset_node_dirs, latest_config, sanitize_label
 
 LOGGER = logging.getLogger(__name__)
 FWE_LABELS = {"maxt": "voxel-level FWE (max statistic)", "maxtfce": "TFCE FWE",
@@ -63,10 +63,7 @@ def collect(output_dir, model_path):
     output_dir = Path(output_dir)
     model = _read_json(model_path)
     cells = []
-    for node in model.get("Nodes", []):
-        if str(node.get("Level", "")).lower() != "dataset":
-            continue
-        node_dir = output_dir / f"node-{sanitize_label(node.get('Name', 'node'))}"
+    for node, node_dir in dataset_node_dirs(output_dir, model):
         for design_json in sorted(node_dir.glob("*design.json")):
             prefix = design_json.name[: -len("design.json")].rstrip("_")
             stem = f"{prefix}_" if prefix else ""
@@ -211,11 +208,6 @@ def _table_html(frame):
     return frame.to_html(index=False, classes="clusters", border=0, na_rep="", float_format=lambda v: f"{v:.2f}")
 
 
-def _latest_config(output_dir):
-    configs = sorted((Path(output_dir) / "logs").glob("config-*.json"))
-    return _read_json(configs[-1]) if configs else {}
-
-
 def render_model_report(output_dir, model_path, target_dir=None):
     """Render ``model-<name>_report.html`` and its figures.
 
@@ -262,7 +254,8 @@ def render_model_report(output_dir, model_path, target_dir=None):
         })
     environment = Environment(loader=PackageLoader("bids_group_app", "templates"),
                               autoescape=select_autoescape(["html", "j2"]))
-    config = _latest_config(output_dir)
+    config_path = latest_config(output_dir)
+    config = _read_json(config_path) if config_path else {}
     page = environment.get_template("report.html.j2").render(
         model=model, model_json=json.dumps(model, indent=2), sections=sections, config=config,
         command=" ".join(html.escape(str(a)) for a in config.get("CommandLine", [])),
