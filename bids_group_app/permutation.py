@@ -471,11 +471,10 @@ class ContrastTest:
         """
         n = len(self.shufflings)
         batches = list(range(self.n_batches) if batches is None else batches)
-        spatial = self.settings
         null = NullDistribution(
             max_stat=np.full(n, np.nan),
             exceedances=np.zeros(self.prep.residuals.shape[1], dtype=np.int64),
-            max_tfce=np.full(n, np.nan) if spatial.tfce else None,
+            max_tfce=np.full(n, np.nan) if self.settings.tfce else None,
             max_size=np.full(n, np.nan) if self.prep.cluster_threshold is not None else None,
             max_mass=np.full(n, np.nan) if self.prep.cluster_threshold is not None else None,
         )

@@ -296,7 +296,6 @@ def _write_thresholded(writer, prefix, img, info, clusters, sidecar):
         "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map, with "
                        "anatomical labels; X/Y/Z in mm",
         "Columns": COLUMN_DESCRIPTIONS,
-        "Atlas": atlas_provenance(),
         **{k: v for k, v in sidecar.items() if k not in ("Inputs", "Subjects")},
     })
 
