@@ -111,9 +111,9 @@ class PeakMemory:
 
 def run_ours(folder, kind, n_perm):
     """One timed run of our engine; prints JSON."""
-    from bids_group_app.permutation import ContrastTest, Settings, p_values
-    from bids_group_app.shuffling import make_shufflings
-    from bids_group_app.spatial import MaskGeometry
+    from bids_group_app.stats.permutation import ContrastTest, Settings, p_values
+    from bids_group_app.stats.shuffling import make_shufflings
+    from bids_group_app.stats.geometry import MaskGeometry
 
     Y = np.load(folder / "Y.npy")
     mask = np.load(folder / "mask.npy")

@@ -54,9 +54,9 @@ import numpy as np
 from scipy import ndimage, stats
 from threadpoolctl import threadpool_limits
 
-from bids_group_app.permutation import ContrastTest, Settings, choose_scheme, p_values
-from bids_group_app.shuffling import make_shufflings
-from bids_group_app.spatial import MaskGeometry
+from bids_group_app.stats.permutation import ContrastTest, Settings, choose_scheme, p_values
+from bids_group_app.stats.shuffling import make_shufflings
+from bids_group_app.stats.geometry import MaskGeometry
 
 DESIGNS = ("one-sample", "regression")
 DESIGN_CODES = {"one-sample": 1, "regression": 2}

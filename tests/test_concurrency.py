@@ -7,7 +7,7 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from bids_group_app.outputs import merge_descriptions, merge_models
+from bids_group_app.outputs.dataset import merge_descriptions, merge_models
 
 
 def test_merge_models_unions_input_filters_and_refuses_other_designs():

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_group_app.data_matrix import build_data_matrix, load_map
+from bids_group_app.inputs.data_matrix import build_data_matrix, load_map
 from bids_group_app.errors import DataError, MissingInputError
 
 AFFINE = np.diag([-4.0, 4.0, 4.0, 1.0])

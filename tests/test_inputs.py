@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_group_app import inputs
+from bids_group_app.inputs import index as inputs
 from bids_group_app.errors import (
     DataError,
     MissingInputError,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bids_group_app.errors import UsageError
-from bids_group_app.model_spec import (
+from bids_group_app.model.spec import (
     contrast_from_option,
     parse_expression,
     parse_model,

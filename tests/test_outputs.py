@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from bids_group_app.errors import OutputError
-from bids_group_app.outputs import OutputWriter, cell_prefix, sanitize_label
+from bids_group_app.outputs.naming import cell_prefix, sanitize_label
+from bids_group_app.outputs.writer import OutputWriter
 
 
 @pytest.mark.parametrize("value, label", [

@@ -31,11 +31,11 @@ import numpy as np
 import pytest
 from scipy import linalg, ndimage, stats
 
-from bids_group_app import shards
-from bids_group_app.glm import contrast_maps, fit_ols
-from bids_group_app.permutation import ContrastTest, NullDistribution, Settings, choose_scheme, p_values
-from bids_group_app.shuffling import count_distinct, make_shufflings
-from bids_group_app.spatial import MaskGeometry, cluster_measures, tfce_volumes
+from bids_group_app.inference import shards
+from bids_group_app.stats.glm import contrast_maps, fit_ols
+from bids_group_app.stats.permutation import ContrastTest, NullDistribution, Settings, choose_scheme, p_values
+from bids_group_app.stats.shuffling import count_distinct, make_shufflings
+from bids_group_app.stats.geometry import MaskGeometry, cluster_measures, tfce_volumes
 
 TIE = 1e-10        # relative: mathematically equal statistics (float64 rounding only)
 GAP = 5e-5         # relative: below this (and above TIE) float32 cannot resolve the order

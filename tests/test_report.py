@@ -141,7 +141,7 @@ def test_reports_only_on_an_empty_folder_is_a_missing_input(tmp_path, example_da
 def test_cluster_tables_list_the_planted_blob_with_its_label(report_run):
     import pandas as pd
 
-    from bids_group_app.atlas import UNDEFINED, label_at
+    from bids_group_app.inference.atlas import UNDEFINED, label_at
 
     truth, out, report = report_run
     blob = next(b for b in truth["blobs"] if b["name"] == "motor_mean")

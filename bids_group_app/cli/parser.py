@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import __version__
-from ..errors import UsageError
-from ..inference import HEIGHT_CONTROLS
+from bids_group_app import __version__
+from bids_group_app.errors import UsageError
+from bids_group_app.inference.parametric import HEIGHT_CONTROLS
 
 DESIGN_HELP = """\
 Designs without a JSON model (short options; --model takes precedence):

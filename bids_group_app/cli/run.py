@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from ..errors import AppError
+from bids_group_app.errors import AppError
 
 LOGGER = logging.getLogger("bids_group_app")
 
@@ -32,8 +32,8 @@ def main(argv=None):
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "bids_group_app-mpl"))
     try:
-        from .parser import parse_args
-        from ..workflow import run
+        from bids_group_app.cli.parser import parse_args
+        from bids_group_app.workflow import run
 
         options = parse_args(argv)
         _configure_logging(options.verbose, options.quiet)

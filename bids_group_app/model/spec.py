@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, MissingInputError, UsageError
+from bids_group_app.errors import DataError, MissingInputError, UsageError
 
 BIDS_MODEL_VERSION = "1.0.0"
 SUPPORTED_TRANSFORMS = ("Demean", "Scale", "Factor", "Replace", "Rename", "Copy")
@@ -411,7 +411,7 @@ def model_from_options(options, table, participants):
         The BIDS Stats Models document. ``GroupBy`` is left to the caller
         when ``--group-by`` is not given (see :func:`auto_group_by`).
     """
-    from .participants import is_numeric, levels
+    from bids_group_app.inputs.participants import is_numeric, levels
 
     designs = [o for o in ("two_sample", "paired", "rm_anova") if getattr(options, o)]
     if len(designs) > 1:

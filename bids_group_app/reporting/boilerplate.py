@@ -8,7 +8,7 @@ text as ``CITATION.html``, and ``CITATION.bib`` with the cited references
 only, as fMRIPrep does.
 
 The wording lives in the top-level ``boilerplate/`` folder of the source
-tree, installed as the package ``bids_group_app.boilerplate_templates``:
+tree, installed as the package ``bids_group_app.templates`` (:mod:`.templates`):
 ``citation.md.j2`` (the text, jinja2), ``citation.html.j2`` (the HTML page
 around it) and ``references.bib``. This module only gathers the facts, keeps
 track of citations and turns the markdown into HTML.
@@ -17,33 +17,14 @@ track of citations and turns the markdown into HTML.
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import re
 from fractions import Fraction
 from pathlib import Path
 
-TEMPLATE_PACKAGE = "bids_group_app.boilerplate_templates"
+from bids_group_app.reporting.templates import template_dir
+
 FWE_KINDS = {"maxt": "voxel", "maxtfce": "tfce", "maxsize": "size", "maxmass": "mass"}
-
-
-def template_dir():
-    """The folder of the boilerplate templates (installed or source tree).
-
-    Returns
-    -------
-    pathlib.Path
-    """
-    try:
-        spec = importlib.util.find_spec(TEMPLATE_PACKAGE)
-    except ModuleNotFoundError:
-        spec = None
-    candidates = list(spec.submodule_search_locations or []) if spec else []
-    candidates.append(Path(__file__).resolve().parent.parent / "boilerplate")
-    for folder in map(Path, candidates):
-        if (folder / "citation.md.j2").is_file():
-            return folder
-    raise FileNotFoundError(f"boilerplate templates not found (looked in {', '.join(map(str, candidates))})")
 
 
 def _read_json(path):
@@ -210,7 +191,7 @@ def collect(output_dir):
         ``nodes`` and their ``cells``), ``config`` (the latest
         ``logs/config-*.json``), ``versions``, ``description``.
     """
-    from .outputs import dataset_node_dirs, latest_config
+    from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
 
     output_dir = Path(output_dir)
     config_path = latest_config(output_dir)

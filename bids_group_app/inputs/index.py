@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import (
+from bids_group_app.errors import (
     DataError,
     MissingInputError,
     NoFilesSelectedError,

@@ -21,8 +21,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .outputs import dataset_node_dirs, latest_config, sanitize_label
+from bids_group_app import __version__
+from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
+from bids_group_app.outputs.naming import sanitize_label
+from bids_group_app.reporting.templates import template_dir
 
 LOGGER = logging.getLogger(__name__)
 FWE_LABELS = {"maxt": "voxel-level FWE (max statistic)", "maxtfce": "TFCE FWE",
@@ -215,7 +217,7 @@ def render_model_report(output_dir, model_path, target_dir=None):
     layout mirrors OUTPUT_DIR (a staging folder moved into place later).
     Returns the written paths relative to ``target_dir``.
     """
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     output_dir = Path(output_dir)
     target_dir = Path(target_dir or output_dir)
@@ -252,7 +254,7 @@ def render_model_report(output_dir, model_path, target_dir=None):
             "mask": figures.mask(cell, name), "sidecar": cell.sidecar, "contrasts": contrasts,
             "n_maps": cell.sidecar.get("NumberOfMaps"),
         })
-    environment = Environment(loader=PackageLoader("bids_group_app", "templates"),
+    environment = Environment(loader=FileSystemLoader(str(template_dir())),
                               autoescape=select_autoescape(["html", "j2"]))
     config_path = latest_config(output_dir)
     config = _read_json(config_path) if config_path else {}

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from bids_group_app.errors import DataError
 
 LOGGER = logging.getLogger(__name__)
 MATCHED = "_in_participants"

@@ -53,7 +53,7 @@ import numpy as np
 from scipy import linalg, stats
 from threadpoolctl import threadpool_limits
 
-from .spatial import cluster_measures, max_cluster_measures, tfce_volumes
+from bids_group_app.stats.geometry import cluster_measures, max_cluster_measures, tfce_volumes
 
 BATCH_VOXELWISE = 128
 BATCH_CLUSTER = 16

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-from .participants import MATCHED, is_numeric, levels
+from bids_group_app.errors import DataError
+from bids_group_app.inputs.participants import MATCHED, is_numeric, levels
 
 LOGGER = logging.getLogger(__name__)
 SUBJECT_PREFIX = "sub-"

@@ -26,7 +26,7 @@ import numpy as np
 from nilearn.image import resample_img
 from nilearn.maskers import NiftiMasker
 
-from .errors import DataError, MissingInputError
+from bids_group_app.errors import DataError, MissingInputError
 
 LOGGER = logging.getLogger(__name__)
 TEMPLATE_MASKS = ("mni152-brain", "mni152-gm")

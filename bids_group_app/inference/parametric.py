@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from nilearn.glm import threshold_stats_img
 
-from .atlas import DEFAULT_ATLAS, cluster_table, load_atlas
+from bids_group_app.inference.atlas import DEFAULT_ATLAS, cluster_table, load_atlas
 
 HEIGHT_CONTROLS = ("fpr", "fdr", "bonferroni", "none")
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import shards
-from .errors import DataError, UsageError
-from .permutation import ContrastTest, Settings, choose_scheme, p_values, cluster_maps
-from .shuffling import make_shufflings
-from .spatial import MaskGeometry
+from bids_group_app.inference import shards
+from bids_group_app.errors import DataError, UsageError
+from bids_group_app.stats.permutation import ContrastTest, Settings, choose_scheme, p_values, cluster_maps
+from bids_group_app.stats.shuffling import make_shufflings
+from bids_group_app.stats.geometry import MaskGeometry
 
 LOGGER = logging.getLogger(__name__)
 SOFTWARE_KEY = "bids_group_app"

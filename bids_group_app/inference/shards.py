@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingInputError, OutputError, UsageError
-from .permutation import NullDistribution
+from bids_group_app.errors import MissingInputError, OutputError, UsageError
+from bids_group_app.stats.permutation import NullDistribution
 
 SHARD_PATTERN = re.compile(r"^(?P<K>\d+)/(?P<N>\d+)$")
 

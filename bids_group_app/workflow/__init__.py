@@ -1,0 +1,53 @@
+"""The group analysis, top to bottom.
+
+:mod:`.plan` checks inputs and model and builds every cell's design;
+:mod:`.execute` loads the maps, fits, runs the permutations and writes the
+results through a staging folder; :mod:`.sidecars` says what the JSON
+files beside the maps hold; :mod:`.reports` renders the methods text and the
+HTML reports from OUTPUT_DIR. :func:`run` ties them together.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from bids_group_app.errors import OutputError
+from bids_group_app.workflow.execute import compute_shards, execute
+from bids_group_app.workflow.plan import plan
+from bids_group_app.workflow.reports import reports_only
+
+
+def _prepare_work_dir(work_dir):
+    if work_dir is None:
+        return
+    try:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"work directory {work_dir} cannot be created: {err.strerror or err}") from None
+    tempfile.tempdir = str(Path(work_dir).resolve())
+
+
+def run(options, argv=None):
+    """Plan and execute a group analysis; returns the written paths.
+
+    ``--n-cpus`` caps the BLAS/OpenMP threads of the numerical work;
+    ``--work-dir`` becomes the folder for temporary files. With
+    ``--perm-shard`` only the shard is computed and saved in the work
+    directory; nothing is written to OUTPUT_DIR.
+    """
+    previous_tempdir = tempfile.tempdir
+    try:
+        _prepare_work_dir(options.work_dir)
+        with threadpool_limits(limits=options.n_cpus):
+            if options.reports_only:
+                return reports_only(options)
+            planned = plan(options)
+            if options.perm_shard:
+                compute_shards(planned, options)
+                return []
+            return execute(planned, options, argv)
+    finally:
+        tempfile.tempdir = previous_tempdir

@@ -1,0 +1,49 @@
+"""Sidecar content: what the JSON files beside the maps say about them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def relative_input(path, derivatives):
+    for root in derivatives:
+        if Path(path).is_relative_to(root):
+            return f"bids:{root.name}:{Path(path).relative_to(root)}"
+    return str(path)
+
+
+def design_sidecar(cell, plan_, dm, options):
+    design = cell.design
+    return {
+        "Node": cell.node.name,
+        "GroupBy": cell.group_values,
+        "Columns": list(design.matrix.columns),
+        "Rank": design.rank,
+        "DegreesOfFreedom": design.dof,
+        "NumberOfMaps": len(design.rows),
+        "Subjects": sorted(design.rows["subject"].unique()),
+        "Inputs": [relative_input(p, plan_.derivatives) for p in design.rows["path"]],
+        "DroppedSubjects": [
+            {"subject": d["subject"], "input": relative_input(d["path"], plan_.derivatives), "reason": d["reason"]}
+            for d in design.dropped
+        ],
+        "ParticipantsWithoutMaps": plan_.participants_report.get("without_maps", []),
+        "SubjectsWithoutParticipantsRow": plan_.participants_report.get("without_row", []),
+        "Mask": {"Source": options.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1])},
+        "SmoothingFWHM": options.smoothing_fwhm,
+        "ResampledInputs": [relative_input(p, plan_.derivatives) for p in dm.resampled],
+    }
+
+
+def contrast_about(contrast, design, maps):
+    return {
+        "Contrast": {"Name": contrast.name, "Test": contrast.test,
+                     "Weights": contrast.weights.tolist() if contrast.test == "F" else contrast.weights[0].tolist(),
+                     "Columns": list(design.matrix.columns)},
+        "DegreesOfFreedom": maps.dof,
+        **({"NumeratorDegreesOfFreedom": maps.df_num} if contrast.test == "F" else {}),
+        "PValue": "one-sided, upper tail of the t/F distribution (nilearn convention)",
+        "ZScore": "standard-normal quantile of the one-sided p-value",
+    }
+
+
