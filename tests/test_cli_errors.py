@@ -445,6 +445,6 @@ def test_output_inside_derivatives_is_not_taken_as_input_on_a_rerun(inputs_root,
         assert code == 0, err
     maps = sorted(p.name for p in out.rglob("*_stat-t_statmap.nii.gz"))
     assert maps == [
-        "task-localizer_input-language_contrast-intercept_stat-t_statmap.nii.gz",
-        "task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
+        "model-oneSample_task-localizer_input-language_contrast-intercept_stat-t_statmap.nii.gz",
+        "model-oneSample_task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
     ]

@@ -46,10 +46,10 @@ def test_concurrent_tasks_leave_a_valid_output_dir(example_dataset, tmp_path, ru
     assert (out / "model-regression_smdl.json").is_file()
     maps = sorted(p.name for p in out.rglob("*_stat-t_statmap.nii.gz"))
     assert maps == [
-        "task-localizer_input-language_contrast-intercept_stat-t_statmap.nii.gz",
-        "task-localizer_input-motor_contrast-age_stat-t_statmap.nii.gz",
-        "task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
-        "task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
+        "model-oneSample_task-localizer_input-language_contrast-intercept_stat-t_statmap.nii.gz",
+        "model-oneSample_task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
+        "model-regression_task-localizer_input-motor_contrast-age_stat-t_statmap.nii.gz",
+        "model-regression_task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
     ]
     assert len(list(out.glob("logs/config-*.json"))) == 3
     assert not list(out.glob(".bids_group_app-staging-*"))

@@ -35,7 +35,7 @@ CLUSTER_P = 0.001
 FWE = -math.log10(0.05)
 SPATIAL = ["--n-perm", str(N_PERM), "--tfce", "--cluster-forming-p", str(CLUSTER_P)]
 NODE = "node-oneSample"
-BASE = "task-localizer_input-motor_contrast-intercept"
+BASE = "model-oneSample_task-localizer_input-motor_contrast-intercept"
 PERM_STATS = ("tfce", "size", "mass", "logpmaxt", "logpmaxtfce", "logpmaxsize", "logpmaxmass", "logp")
 FWE_KINDS = ("maxt", "maxtfce", "maxsize", "maxmass")
 NULL_COLUMNS = ["shuffling", "max_t", "max_tfce", "max_size", "max_mass"]
@@ -227,7 +227,7 @@ def test_planted_blob_survives_fwe_and_null_region_does_not(base_files, nilearn_
     ijk = tuple(blob(nilearn_dataset, "motor_mean")["ijk"])
     null = nilearn_dataset["null_region"]
     null_ball = ball(nilearn_dataset["shape"], null["ijk"], null["radius_vox"])
-    mask = load(base_files["folder"] / "task-localizer_input-motor_mask.nii.gz") > 0
+    mask = load(base_files["folder"] / "model-oneSample_task-localizer_input-motor_mask.nii.gz") > 0
     assert null_ball[mask].any()
     for stat in ("logpmaxt", "logpmaxtfce", "logpmaxsize", "logpmaxmass"):
         logp = load(base_files[stat])
@@ -255,7 +255,7 @@ def test_observed_t_is_the_parametric_t_and_fwe_p_follows_from_the_null(base_fil
     assert sorted(p.name for p in folder.glob(f"{BASE}_stat-t_*statmap.nii.gz")) == sorted(
         [f"{BASE}_stat-t_statmap.nii.gz"] + [f"{BASE}_stat-t_thresh-{k}_statmap.nii.gz" for k in FWE_KINDS])
     assert not list(folder.glob("*_stat-T_*")) and not list(folder.glob("*_stat-tstat*"))
-    mask = load(folder / "task-localizer_input-motor_mask.nii.gz") > 0
+    mask = load(folder / "model-oneSample_task-localizer_input-motor_mask.nii.gz") > 0
     t = load(base_files["t"]).astype(float)
     null = pd.read_csv(base_files["nulldist"], sep="\t")
     # voxel FWE p recomputed from the null maxima and the written t map
@@ -467,7 +467,7 @@ def test_eight_subjects_use_all_255_sign_flips(nilearn_dataset, run_cli, tmp_pat
     assert logp.max() <= math.log10(256) * (1 + 1e-6)
     # the all-flipped shuffling is in the null: it negates t, so some null max_t is -min(t)
     t = load(out / NODE / f"{BASE}_stat-t_statmap.nii.gz").astype(float)
-    mask = load(out / NODE / "task-localizer_input-motor_mask.nii.gz") > 0
+    mask = load(out / NODE / "model-oneSample_task-localizer_input-motor_mask.nii.gz") > 0
     assert table["max_t"].max() >= -t[mask].min() * (1 - 1e-5)
 
 

@@ -1,7 +1,12 @@
 """Command-line parser (BIDS-Apps convention): ``BIDS_DIR OUTPUT_DIR group``.
 
-Parsing only: values are checked here once, at the edge, and the parsed
-namespace is handed to :mod:`bids_group_app.workflow`.
+Parsing only: values are checked here once, at the edge, and turned into a
+:class:`bids_group_app.config.Config` for :mod:`bids_group_app.workflow`.
+The analysis options default to ``None`` ("not given"), so that a saved
+model's settings apply unless the command line overrides them (see
+:func:`bids_group_app.config.node_settings`; the defaults are stated in the
+help and defined in :data:`bids_group_app.config.DEFAULTS`). Nothing heavy is
+imported here: ``--version`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ import argparse
 from pathlib import Path
 
 from bids_group_app import __version__
-from bids_group_app.errors import UsageError
-from bids_group_app.inference.parametric import HEIGHT_CONTROLS
+from bids_group_app.errors import UnknownAnalysisLevelError, UsageError
+from bids_group_app.config import HEIGHT_CONTROLS, Config
 
 DESIGN_HELP = """\
 Designs without a JSON model (short options; --model takes precedence):
@@ -119,37 +124,37 @@ def build_parser():
                             help="Gaussian smoothing of the maps before fitting (mm FWHM)")
 
     inference = parser.add_argument_group("Parametric inference")
-    inference.add_argument("--height-control", choices=HEIGHT_CONTROLS, default="fpr",
+    inference.add_argument("--height-control", choices=HEIGHT_CONTROLS, default=None,
                            help="voxel threshold: uncorrected (fpr), FDR, Bonferroni, or none (default: fpr)")
-    inference.add_argument("--alpha", type=_alpha, default=0.001, help="error rate for --height-control (default 0.001)")
-    inference.add_argument("--cluster-threshold", type=_non_negative_int, default=0, metavar="VOXELS",
+    inference.add_argument("--alpha", type=_alpha, default=None, help="error rate for --height-control (default 0.001)")
+    inference.add_argument("--cluster-threshold", type=_non_negative_int, default=None, metavar="VOXELS",
                            help="minimum cluster size in voxels (default 0)")
-    inference.add_argument("--two-sided", action="store_true",
+    inference.add_argument("--two-sided", action="store_const", const=True, default=None,
                            help="test t-contrasts in both directions (default: positive tail)")
 
     perm = parser.add_argument_group("Permutation inference (FWE: voxel max-statistic, cluster size/mass, TFCE)")
     perm.add_argument("--n-perm", type=_non_negative_int, default=None, metavar="N",
                       help="number of shufflings; 0 = parametric only (default: 0, or 5000 with --tfce or "
                            "--cluster-forming-p); all distinct shufflings are used when there are at most N+1")
-    perm.add_argument("--tfce", action="store_true", help="threshold-free cluster enhancement (exact integral)")
-    perm.add_argument("--tfce-e", type=_bounded(float, 0, low_inclusive=False), default=0.5, metavar="E",
+    perm.add_argument("--tfce", action="store_const", const=True, default=None, help="threshold-free cluster enhancement (exact integral)")
+    perm.add_argument("--tfce-e", type=_bounded(float, 0, low_inclusive=False), default=None, metavar="E",
                       help="TFCE extent exponent (default 0.5)")
-    perm.add_argument("--tfce-h", type=_bounded(float, 0, low_inclusive=False), default=2.0, metavar="H",
+    perm.add_argument("--tfce-h", type=_bounded(float, 0, low_inclusive=False), default=None, metavar="H",
                       help="TFCE height exponent (default 2)")
-    perm.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6,
+    perm.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=None,
                       help="voxel neighbourhood for clusters and TFCE (default 6, as FSL randomise -T)")
     perm.add_argument("--cluster-forming-p", type=_alpha, default=None, metavar="P",
                       help="cluster-forming threshold (uncorrected p); enables cluster-size and cluster-mass inference")
-    perm.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of the shufflings (default 0)")
-    perm.add_argument("--fwe-alpha", type=_alpha, default=0.05, metavar="A",
+    perm.add_argument("--seed", type=_non_negative_int, default=None, help="random seed of the shufflings (default 0)")
+    perm.add_argument("--fwe-alpha", type=_alpha, default=None, metavar="A",
                       help="FWE level of the permutation-thresholded maps and cluster tables (default 0.05)")
-    perm.add_argument("--shuffle", choices=("auto", "signflip", "permute", "both"), default="auto",
+    perm.add_argument("--shuffle", choices=("auto", "signflip", "permute", "both"), default=None,
                       help="sign-flips, permutations or both (default auto: sign-flips when every contrast tests a "
                            "mean, permutations when none does, both otherwise)")
     perm.add_argument("--exchangeability-blocks", metavar="VARIABLE",
                       help="entity or participants.tsv column whose values are exchangeability blocks (default: "
                            "'subject' when the design has subject columns, e.g. --paired/--rm-anova)")
-    perm.add_argument("--whole-block", action="store_true",
+    perm.add_argument("--whole-block", action="store_const", const=True, default=None,
                       help="shuffle exchangeability blocks as wholes instead of within blocks")
     perm.add_argument("--perm-shard", metavar="K/N",
                       help="compute only shard K of N of the shufflings and save it in --work-dir (HPC job arrays)")
@@ -174,11 +179,25 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    """Parse and check the command line (UsageError on bad input)."""
+    """Parse and check the command line.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    UsageError
+        On any bad option (exit 64).
+    UnknownAnalysisLevelError
+        When the analysis level is not ``group`` (exit 17).
+    """
     options = build_parser().parse_args(argv)
+    if options.analysis_level != "group":
+        raise UnknownAnalysisLevelError(
+            f"analysis level '{options.analysis_level}' is not supported; this app runs the 'group' level"
+        )
     spatial = options.tfce or options.cluster_forming_p is not None
-    if options.n_perm is None:
-        options.n_perm = 5000 if spatial else 0
     if options.n_perm == 0 and spatial:
         raise UsageError("--tfce and --cluster-forming-p need permutations: give --n-perm N with N > 0")
     if options.perm_shard and options.merge_perm_shards:
@@ -187,4 +206,11 @@ def parse_args(argv=None):
         raise UsageError("--perm-shard and --merge-perm-shards keep the shards in --work-dir: give -w DIR (the same for every job)")
     if (options.perm_shard or options.merge_perm_shards) and options.n_perm == 0:
         raise UsageError("--perm-shard/--merge-perm-shards need --n-perm N with N > 0")
-    return options
+    values = vars(options)
+    for name in ("derivatives", "participant_label", "covariates", "group_by", "contrast", "filter"):
+        values[name] = tuple(values[name] or ())
+    config = Config.from_flat(values)
+    if config.model.model and config.model.short_options_given():
+        given = config.model.short_options_given()
+        raise UsageError(f"--model and the short design options ({', '.join(given)}) exclude each other; put the design in the model file")
+    return config

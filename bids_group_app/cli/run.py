@@ -33,11 +33,12 @@ def main(argv=None):
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "bids_group_app-mpl"))
     try:
         from bids_group_app.cli.parser import parse_args
-        from bids_group_app.workflow import run
 
-        options = parse_args(argv)
-        _configure_logging(options.verbose, options.quiet)
-        written = run(options, argv)
+        config = parse_args(argv)
+        _configure_logging(config.resources.verbose, config.resources.quiet)
+        from bids_group_app.workflow import run  # heavy imports only once the command line is valid
+
+        written = run(config, argv)
     except AppError as err:
         if verbose:
             LOGGER.exception("bids_group_app failed")
@@ -51,13 +52,13 @@ def main(argv=None):
             LOGGER.exception("bids_group_app failed")
         print(f"bids_group_app: internal error: {type(err).__name__}: {err} (rerun with -v for the traceback and report it)", file=sys.stderr)
         return 1
-    if options.perm_shard:
-        print(f"bids_group_app: saved permutation shard {options.perm_shard} in {options.work_dir}/perm-shards; "
+    if config.permutation.perm_shard:
+        print(f"bids_group_app: saved permutation shard {config.permutation.perm_shard} in {config.resources.work_dir}/perm-shards; "
               "run --merge-perm-shards with the same options when every shard is done", file=sys.stderr)
         return 0
     maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
     reports = [p for p in written if p.name.endswith("_report.html")]
-    print(f"bids_group_app: wrote {len(maps)} statistical maps to {options.output_dir}"
+    print(f"bids_group_app: wrote {len(maps)} statistical maps to {config.inputs.output_dir}"
           + (f"; report: {', '.join(str(p) for p in reports)}" if reports else ""), file=sys.stderr)
     return 0
 

@@ -24,7 +24,6 @@ from bids_group_app.stats.shuffling import make_shufflings
 from bids_group_app.stats.geometry import MaskGeometry
 
 LOGGER = logging.getLogger(__name__)
-SOFTWARE_KEY = "bids_group_app"
 P_VALUE_CONVENTION = (
     "p = (1 + #{null >= observed}) / (1 + NumberOfPermutations), the unpermuted data counted once; "
     "exhaustive tests use every distinct shuffling and leave out the identity; a null value within 1e-5 "
@@ -41,29 +40,38 @@ class BlockSpec:
     whole_block: bool
 
 
-def settings_from_options(options):
-    """Engine settings from the parsed command line."""
+def engine_settings(settings, n_jobs=1):
+    """Engine settings from a node's resolved analysis settings.
+
+    Parameters
+    ----------
+    settings : bids_group_app.config.AnalysisSettings
+        Resolved (see :func:`bids_group_app.config.node_settings`); the
+        sidedness is the parametric one, shared by both inferences.
+    n_jobs : int
+    """
+    permutation = settings.permutation
     return Settings(
-        two_sided=options.two_sided,
-        tfce=options.tfce,
-        tfce_e=options.tfce_e,
-        tfce_h=options.tfce_h,
-        connectivity=options.connectivity,
-        cluster_forming_p=options.cluster_forming_p,
-        n_jobs=options.n_cpus,
+        two_sided=settings.parametric.two_sided,
+        tfce=permutation.tfce,
+        tfce_e=permutation.tfce_e,
+        tfce_h=permutation.tfce_h,
+        connectivity=permutation.connectivity,
+        cluster_forming_p=permutation.cluster_forming_p,
+        n_jobs=n_jobs,
     )
 
 
-def resolve_blocks(cell, options):
-    """Exchangeability blocks from the CLI, the model, or the design.
+def resolve_blocks(cell):
+    """Exchangeability blocks from the node's settings, or the design.
 
-    Order: ``--exchangeability-blocks``; the node's
-    ``Model.Software.bids_group_app.ExchangeabilityBlocks``; ``subject``
-    when the design has subject columns (paired, repeated measures).
+    The settings (``--exchangeability-blocks``, else the node's
+    ``Model.Software.bids_group_app.ExchangeabilityBlocks``); else
+    ``subject`` when the design has subject columns (paired, repeated
+    measures).
     """
-    software = (cell.node.software or {}).get(SOFTWARE_KEY, {})
-    variable = options.exchangeability_blocks or software.get("ExchangeabilityBlocks")
-    whole = bool(options.whole_block or software.get("WholeBlock", False))
+    variable = cell.settings.permutation.exchangeability_blocks
+    whole = bool(cell.settings.permutation.whole_block)
     if variable is None and any(c.startswith("sub-") for c in cell.design.matrix.columns):
         variable = "subject"
     if variable is None:
@@ -78,13 +86,14 @@ def resolve_blocks(cell, options):
     return BlockSpec(variable, labels.astype(str).to_numpy(), whole)
 
 
-def cell_shufflings(cell, options, blocks):
+def cell_shufflings(cell, blocks):
     """The shufflings shared by every contrast of a cell."""
     X = cell.design.matrix.to_numpy()
     contrasts = [c.weights for c in cell.design.contrasts]
-    scheme = options.shuffle if options.shuffle != "auto" else choose_scheme(X, contrasts, blocks.labels)
+    settings = cell.settings.permutation
+    scheme = settings.shuffle if settings.shuffle != "auto" else choose_scheme(X, contrasts, blocks.labels)
     try:
-        return make_shufflings(X, scheme, options.n_perm, options.seed, blocks.labels, blocks.whole_block)
+        return make_shufflings(X, scheme, settings.n_perm, settings.seed, blocks.labels, blocks.whole_block)
     except ValueError as err:
         raise DataError(f"node '{cell.node.name}': {err}") from None
 
@@ -102,36 +111,38 @@ def _key(test, cell_key, contrast, shufflings, settings):
                       shufflings.signs, test.prep.residuals, repr(settings.__dict__ | {"n_jobs": None}))
 
 
-def run_contrast(dm, cell, contrast, shufflings, blocks, options, cell_key):
+def run_contrast(dm, cell, contrast, shufflings, blocks, config, cell_key):
     """Observed statistics and null of one contrast (computed, or merged from shards).
 
     With ``--perm-shard`` the shard is computed and saved, and None is
-    returned for the null.
+    returned for the null. ``config`` (:class:`bids_group_app.config.Config`)
+    gives the sharding, the work directory, the CPUs and the progress bar.
     """
-    settings = settings_from_options(options)
+    settings = engine_settings(cell.settings, config.resources.n_cpus)
+    work_dir = config.resources.work_dir
     geometry = MaskGeometry(np.asarray(dm.mask_img.dataobj, dtype=bool), settings.connectivity)
     test = ContrastTest(dm.Y, cell.design.matrix.to_numpy(), contrast.weights, contrast.test, geometry,
                         shufflings, settings, blocks.labels)
     shard_key = _key(test, cell_key, contrast, shufflings, settings)
     description = f"contrast '{contrast.name}' of {cell_key}"
-    if options.merge_perm_shards:
-        null, n = shards.load_merged(options.work_dir, shard_key, description)
+    if config.permutation.merge_perm_shards:
+        null, n = shards.load_merged(work_dir, shard_key, description)
         LOGGER.info("merged %d permutation shards of %s", n, description)
         return test, null
     batches = None
-    if options.perm_shard:
-        k, n = shards.parse_shard(options.perm_shard)
+    if config.permutation.perm_shard:
+        k, n = shards.parse_shard(config.permutation.perm_shard)
         batches = shards.shard_batches(test.n_batches, k, n)
     total = len(shufflings) if batches is None else sum(
         min(settings.batch_size, len(shufflings) - b * settings.batch_size) for b in batches)
-    bar = _progress(total, f"{contrast.name}", options.quiet)
+    bar = _progress(total, f"{contrast.name}", config.resources.quiet)
     try:
         null = test.null(batches=batches, progress=bar.update if bar else None)
     finally:
         if bar:
             bar.close()
-    if options.perm_shard:
-        path = shards.save(options.work_dir, shard_key, k, n, null)
+    if config.permutation.perm_shard:
+        path = shards.save(work_dir, shard_key, k, n, null)
         LOGGER.info("saved permutation shard %d/%d of %s to %s", k, n, description, path)
         return test, None
     return test, null

@@ -23,8 +23,6 @@ from nilearn.glm import threshold_stats_img
 
 from bids_group_app.inference.atlas import DEFAULT_ATLAS, cluster_table, load_atlas
 
-HEIGHT_CONTROLS = ("fpr", "fdr", "bonferroni", "none")
-
 
 @dataclass
 class Thresholded:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import uuid
 from pathlib import Path
 
 from bids_group_app.errors import OutputError
 from bids_group_app.outputs.dataset import merge_models
-from bids_group_app.outputs.naming import sanitize_label
-
-LOGGER = logging.getLogger(__name__)
+from bids_group_app.outputs.naming import model_file, parse, sanitize_label
 
 
 @contextlib.contextmanager
@@ -36,25 +33,33 @@ def output_lock(output_dir):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-
-
 def read_existing(path):
+    """The JSON content of a file, or None when it is absent or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
 
 
-def model_file(output_dir, document):
-    """Where a model is saved: ``model-<name>_smdl.json``, or with a hash when
-    another model of the same name but a different design is there."""
+def model_label(output_dir, document):
+    """The label a model's files get in OUTPUT_DIR (see :mod:`.naming`).
+
+    Its ``Name`` as a label, unless OUTPUT_DIR holds a different model of
+    that name (one that :func:`~.dataset.merge_models` cannot merge with it):
+    then the name followed by 8 hex digits of a hash of the model without its
+    ``Input`` (so the runs of one model over different cells share a label).
+    """
     name = sanitize_label(document.get("Name", "model"))
-    path = Path(output_dir) / f"model-{name}_smdl.json"
-    existing = read_existing(path)
+    existing = read_existing(Path(output_dir) / model_file(name))
     if existing is None or merge_models(existing, document) is not None:
-        return path
-    digest = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(document, sort_keys=True)).hex[:8]
-    LOGGER.warning("OUTPUT_DIR holds another model named %s; saving this one as model-%s%s_smdl.json", name, name, digest)
-    return Path(output_dir) / f"model-{name}{digest}_smdl.json"
+        return name
+    design = {k: v for k, v in document.items() if k != "Input"}
+    return name + uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(design, sort_keys=True)).hex[:8]
 
 
+def relabel_model(relpath, old, new):
+    """A staged path with model label ``old`` renamed for label ``new``."""
+    name = parse(relpath)
+    if name is None or name.get("model") != old:
+        return relpath
+    return name.with_model(new).relpath

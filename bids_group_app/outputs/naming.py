@@ -1,30 +1,44 @@
-"""Output names: every file name this app writes is built (and parsed) here.
+"""Output names: every file name this app writes is built, and parsed, here.
 
 Naming scheme (documented in the README)::
 
     OUTPUT_DIR/
-      dataset_description.json, .bidsignore, README.md
-      model-<model>_smdl.json            the model that ran (BIDS Stats Models)
-      logs/config-<timestamp>-<id>.json   the options that ran
+      dataset_description.json, .bidsignore
+      model-<model>_smdl.json              the model that ran (BIDS Stats Models)
+      model-<model>_report.html            its HTML report
+      logs/config-<timestamp>-<id>.json    the configuration that ran
+      logs/CITATION.md|.html|.bib          the methods text
+      figures/model-<model>_node-<node>_<cell>[_contrast-<c>][_stat-<s>][_thresh-<h>]_<figure>.png|.html
       node-<node>/
-        <cell>_design.tsv|.json           design matrix, columns, maps, dropped
-        <cell>_mask.nii.gz                analysis mask
-        <cell>_contrast-<c>_stat-<s>_statmap.nii.gz|.json
-              s = effect, variance, t, z, p (t-contrasts) or F, z, p (F-contrasts)
-        <cell>_contrast-<c>_stat-z_thresh-<h>_statmap.nii.gz|.json
-        <cell>_contrast-<c>_thresh-<h>_clusters.tsv|.json
+        model-<model>_<cell>_design.tsv|.json              design matrix; columns, maps, dropped
+        model-<model>_<cell>_mask.nii.gz                   analysis mask
+        model-<model>_<cell>_contrast-<c>_stat-<s>_statmap.nii.gz|.json
+        model-<model>_<cell>_contrast-<c>_stat-<s>_thresh-<h>_statmap.nii.gz|.json
+        model-<model>_<cell>_contrast-<c>_thresh-<h>_clusters.tsv|.json
+        model-<model>_<cell>_contrast-<c>_nulldist.tsv|.json
+    WORK_DIR/perm-shards/<key>-shard-<k>of<n>.npz          permutation shards
 
-``<cell>`` holds the GroupBy values of the model cell, as ``key-value``
-pairs in GroupBy order: the first-level contrast as ``input-<label>``,
-``task``/``session``/``run``/``acquisition``/``space``/``desc``/``label``
-with their BIDS keys (``ses``, ``acq``), and participants.tsv columns under
-their own names. Labels are sanitised to BIDS alphanumerics (``-`` becomes
-``Minus``, ``+`` ``Plus``, other separators camelCase the next letter).
+``<model>`` is the model's ``Name`` as a label; when OUTPUT_DIR already
+holds a *different* model of that name, the new one is saved (with all its
+files) as ``<Name><8 hex digits of its content hash>``, so two models never
+share a file. ``<cell>`` holds the GroupBy values of the model cell, as
+``key-value`` pairs in GroupBy order: the first-level contrast as
+``input-<label>``, ``task``/``session``/``run``/``acquisition``/``space``/
+``desc``/``label`` with their BIDS keys (``ses``, ``acq``), and
+participants.tsv columns under their own names. ``<s>`` is a statistic
+(``effect``, ``variance``, ``t``, ``z``, ``p``, ``F``, and the permutation
+maps ``logp``, ``logpmaxt``, ``tfce``, ``logpmaxtfce``, ``size``, ``mass``,
+``logpmaxsize``, ``logpmaxmass``), ``<h>`` a threshold (``fpr``, ``fdr``,
+``bonferroni``, or an FWE kind of :data:`FWE_KINDS`). Labels are sanitised
+to BIDS alphanumerics (``-`` becomes ``Minus``, ``+`` ``Plus``, other
+separators camelCase the next letter).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 ENTITY_KEYS = {
     "contrast": "input",
@@ -37,6 +51,31 @@ ENTITY_KEYS = {
     "label": "label",
     "node": "innode",
 }
+#: Entities of an output name that are not GroupBy values, in their order.
+RESERVED = ("model", "node", "contrast", "stat", "thresh")
+EXTENSIONS = (".nii.gz", ".json", ".tsv", ".png", ".html", ".npz")
+
+
+@dataclass(frozen=True)
+class InferenceKind:
+    """One permutation inference family: its threshold label and statistic."""
+
+    label: str  # the ``thresh-`` label of its FWE-thresholded map
+    logp: str  # the ``stat-`` label of its FWE -log10 p map
+    description: str  # for sidecars, reports and the methods text
+    short: str  # one word (methods text)
+
+
+#: The permutation inference kinds, in report order (defined once).
+FWE_KINDS = (
+    InferenceKind("maxt", "logpmaxt", "voxel-level FWE (maximum statistic)", "voxel"),
+    InferenceKind("maxtfce", "logpmaxtfce", "TFCE FWE", "tfce"),
+    InferenceKind("maxsize", "logpmaxsize", "cluster-size FWE", "size"),
+    InferenceKind("maxmass", "logpmaxmass", "cluster-mass FWE", "mass"),
+)
+FWE_BY_LABEL = {k.label: k for k in FWE_KINDS}
+#: Parametric height controls, in report order.
+PARAMETRIC_THRESHOLDS = ("fpr", "fdr", "bonferroni")
 
 
 def sanitize_label(value):
@@ -54,17 +93,222 @@ def sanitize_label(value):
     return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
 
 
-def cell_prefix(group_values):
-    """Filename prefix for a GroupBy cell, e.g. ``task-x_input-motor``."""
-    parts = []
+def cell_entities(group_values):
+    """``(key, label)`` pairs naming a GroupBy cell, e.g. ``(('task', 'x'), ('input', 'motor'))``.
+
+    A participants.tsv column named like a reserved entity (``model``,
+    ``stat``, ...) is written ``by<name>``.
+    """
+    pairs = []
     for key, value in group_values.items():
         name = ENTITY_KEYS.get(key, sanitize_label(key).lower())
-        parts.append(f"{name}-{sanitize_label(value)}")
-    return "_".join(parts)
+        pairs.append((f"by{name}" if name in RESERVED else name, sanitize_label(value)))
+    return tuple(pairs)
+
+
+def cell_prefix(group_values):
+    """Filename part for a GroupBy cell, e.g. ``task-x_input-motor``."""
+    return _join(cell_entities(group_values))
 
 
 def join_name(prefix, *parts):
-    """Join BIDS filename parts, skipping an empty prefix."""
+    """Join BIDS filename parts, skipping empty ones."""
     return "_".join(p for p in (prefix, *parts) if p)
 
 
+def _join(pairs):
+    return "_".join(f"{k}-{v}" for k, v in pairs)
+
+
+@dataclass(frozen=True)
+class OutputName:
+    """A parsed (or to be built) output file name.
+
+    Parameters
+    ----------
+    entities : tuple of (key, label)
+        In file-name order.
+    suffix : str
+        ``statmap``, ``clusters``, ``design``, ``mask``, ``nulldist``,
+        ``smdl``, ``report``, or a figure kind.
+    extension : str
+    folder : str
+        The folder relative to OUTPUT_DIR (``node-<node>``, ``figures``, or ``""``).
+    """
+
+    entities: tuple
+    suffix: str
+    extension: str
+    folder: str = ""
+
+    def get(self, key, default=None):
+        """The label of an entity (``default`` when absent)."""
+        return dict(self.entities).get(key, default)
+
+    @property
+    def cell(self):
+        """The GroupBy entities (everything but the reserved ones)."""
+        return tuple((k, v) for k, v in self.entities if k not in RESERVED)
+
+    @property
+    def relpath(self):
+        """The path relative to OUTPUT_DIR."""
+        name = join_name(_join(self.entities), f"{self.suffix}{self.extension}")
+        return f"{self.folder}/{name}" if self.folder else name
+
+    def with_model(self, model):
+        """The same name for another model label."""
+        return OutputName(tuple((k, model if k == "model" else v) for k, v in self.entities),
+                          self.suffix, self.extension, self.folder)
+
+
+def parse(relpath):
+    """Parse a path relative to OUTPUT_DIR into an :class:`OutputName`.
+
+    Returns None for a name that does not follow the scheme.
+    """
+    path = Path(relpath)
+    extension = next((e for e in EXTENSIONS if path.name.endswith(e)), None)
+    if extension is None:
+        return None
+    *pairs, suffix = path.name[: -len(extension)].split("_")
+    entities = []
+    for pair in pairs:
+        key, sep, value = pair.partition("-")
+        if not sep or not key or not value:
+            return None
+        entities.append((key, value))
+    folder = path.parent.as_posix()
+    return OutputName(tuple(entities), suffix, extension, "" if folder == "." else folder)
+
+
+@dataclass(frozen=True)
+class CellNames:
+    """Names of the files of one model cell (one node, one set of GroupBy values).
+
+    Parameters
+    ----------
+    model : str
+        The model label.
+    node : str
+        The node name (sanitised here).
+    cell : tuple of (key, label)
+        See :func:`cell_entities`.
+    """
+
+    model: str
+    node: str
+    cell: tuple = field(default_factory=tuple)
+
+    @property
+    def folder(self):
+        """``node-<node>``."""
+        return f"node-{sanitize_label(self.node)}"
+
+    @property
+    def key(self):
+        """A stable identifier of the cell within a model (node and GroupBy values)."""
+        return join_name(self.folder, _join(self.cell))
+
+    def _name(self, extra, suffix, extension):
+        return OutputName((("model", self.model), *self.cell, *extra), suffix, extension, self.folder).relpath
+
+    def design(self, extension=".tsv"):
+        """``<cell>_design.tsv|.json``."""
+        return self._name((), "design", extension)
+
+    def mask(self):
+        """``<cell>_mask.nii.gz``."""
+        return self._name((), "mask", ".nii.gz")
+
+    def statmap(self, contrast, stat, thresh=None, extension=".nii.gz"):
+        """A statistic map (thresholded with ``thresh``) of a contrast, or its sidecar."""
+        extra = (("contrast", sanitize_label(contrast)), ("stat", stat)) + ((("thresh", thresh),) if thresh else ())
+        return self._name(extra, "statmap", extension)
+
+    def clusters(self, contrast, thresh, extension=".tsv"):
+        """The cluster table of a thresholded map, or its sidecar."""
+        return self._name((("contrast", sanitize_label(contrast)), ("thresh", thresh)), "clusters", extension)
+
+    def nulldist(self, contrast, extension=".tsv"):
+        """The permutation null distributions of a contrast, or their sidecar."""
+        return self._name((("contrast", sanitize_label(contrast)),), "nulldist", extension)
+
+    def figure(self, kind, contrast=None, stat=None, thresh=None, extension=".png"):
+        """A report figure (``figures/``), named after the model, node, cell and map it shows."""
+        extra = tuple((k, v) for k, v in (("contrast", contrast and sanitize_label(contrast)), ("stat", stat),
+                                          ("thresh", thresh)) if v)
+        entities = (("model", self.model), ("node", sanitize_label(self.node)), *self.cell, *extra)
+        return OutputName(entities, kind, extension, "figures").relpath
+
+    @classmethod
+    def from_name(cls, name, node):
+        """The cell of a parsed node-folder name (:func:`parse`)."""
+        return cls(name.get("model"), node, name.cell)
+
+
+def model_file(model):
+    """``model-<model>_smdl.json``."""
+    return f"model-{model}_smdl.json"
+
+
+def report_file(model):
+    """``model-<model>_report.html``."""
+    return f"model-{model}_report.html"
+
+
+def model_of(path):
+    """The model label of a ``model-<model>_...`` file name (None otherwise)."""
+    name = parse(Path(path).name)
+    return name.get("model") if name else None
+
+
+def config_file(timestamp, run_id):
+    """``logs/config-<timestamp>-<id>.json``."""
+    return f"logs/config-{timestamp}-{run_id}.json"
+
+
+def shard_file(shard_key, k, n):
+    """``<key>-shard-<k>of<n>.npz`` (in ``WORK_DIR/perm-shards``)."""
+    return f"{shard_key}-shard-{k}of{n}.npz"
+
+
+def parse_shard_file(name):
+    """``(key, k, n)`` of a shard file name (None otherwise)."""
+    match = re.fullmatch(r"(\w+)-shard-(\d+)of(\d+)\.npz", Path(name).name)
+    return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+
+def model_cells(output_dir, model, node):
+    """The cells of one model in a node folder of OUTPUT_DIR (from their design sidecars).
+
+    Returns
+    -------
+    list of CellNames
+    """
+    folder = Path(output_dir) / f"node-{sanitize_label(node)}"
+    cells = []
+    for path in sorted(folder.glob(f"model-{model}_*design.json")):
+        name = parse(path.relative_to(output_dir))
+        if name is not None and name.get("model") == model and name.suffix == "design":
+            cells.append(CellNames.from_name(name, node))
+    return cells
+
+
+def contrast_files(output_dir, cell):
+    """The statistic maps of a cell, grouped by contrast label.
+
+    Returns
+    -------
+    dict
+        ``{contrast label: [OutputName, ...]}`` of the ``_statmap.json``
+        sidecars, in name order.
+    """
+    folder = Path(output_dir) / cell.folder
+    found = {}
+    for path in sorted(folder.glob(f"model-{cell.model}_*_statmap.json")):
+        name = parse(path.relative_to(output_dir))
+        if name is None or name.get("model") != cell.model or name.cell != cell.cell or not name.get("contrast"):
+            continue
+        found.setdefault(name.get("contrast"), []).append(name)
+    return found

@@ -61,6 +61,18 @@ class OutputWriter:
         """Stage a NIfTI image."""
         nib.save(img, str(self._target(relpath)))
 
+    def relabel(self, rename):
+        """Rename staged files: ``rename(relpath) -> relpath`` (strings)."""
+        renamed = []
+        for rel in self.written:
+            new = Path(rename(rel.as_posix()))
+            if new != rel:
+                target = self.staging / new
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.staging / rel, target)
+            renamed.append(new)
+        self.written = renamed
+
     def commit(self):
         """Move every staged file into OUTPUT_DIR and remove the staging folder."""
         try:

@@ -22,9 +22,11 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
+from bids_group_app.outputs.naming import FWE_KINDS as _KINDS, contrast_files, model_cells, model_of
 from bids_group_app.reporting.templates import template_dir
 
-FWE_KINDS = {"maxt": "voxel", "maxtfce": "tfce", "maxsize": "size", "maxmass": "mass"}
+FWE_KINDS = {k.label: k.short for k in _KINDS}
 
 
 def _read_json(path):
@@ -97,22 +99,21 @@ def _contrast_facts(sidecars):
     return facts
 
 
-def _cell_facts(node_dir, design_json, contrast_order):
-    """One GroupBy cell: inputs, design, mask, smoothing, contrasts."""
-    design = _read_json(design_json)
-    stem = design_json.name[: -len("design.json")]
+def _cell_facts(output_dir, cell, contrast_order):
+    """One GroupBy cell (:class:`~bids_group_app.outputs.naming.CellNames`): inputs, design, mask, smoothing, contrasts."""
+    design = _read_json(output_dir / cell.design(".json"))
     by_label = {}
-    for path in sorted(node_dir.glob(f"{stem}contrast-*_statmap.json")):
-        label = path.name[len(stem):].split("_")[0][len("contrast-"):]
-        sidecar = _read_json(path)
-        thresh = re.search(r"_thresh-([A-Za-z0-9]+)_", path.name)
-        sidecar["_kind"] = thresh.group(1) if thresh else None
-        by_label.setdefault(label, []).append(sidecar)
+    for label, names in contrast_files(output_dir, cell).items():
+        for name in names:
+            sidecar = _read_json(output_dir / name.relpath)
+            sidecar["_kind"] = name.get("thresh")
+            by_label.setdefault(label, []).append(sidecar)
     contrasts = []
     for label, sidecars in by_label.items():
         facts = _contrast_facts(sidecars)
-        for table in node_dir.glob(f"{stem}contrast-{label}_*clusters.tsv"):
-            if not facts["atlas"] and "aal" in table.read_text().split("\n", 1)[0].lower():
+        for kind in sorted({s["_kind"] for s in sidecars if s["_kind"]}):
+            table = output_dir / cell.clusters(label, kind)
+            if not facts["atlas"] and table.exists() and "aal" in table.read_text().split("\n", 1)[0].lower():
                 facts["atlas"] = "AAL3"
         contrasts.append(facts)
     rank = {name: i for i, name in enumerate(contrast_order)}
@@ -191,8 +192,6 @@ def collect(output_dir):
         ``nodes`` and their ``cells``), ``config`` (the latest
         ``logs/config-*.json``), ``versions``, ``description``.
     """
-    from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
-
     output_dir = Path(output_dir)
     config_path = latest_config(output_dir)
     config = _read_json(config_path) if config_path else {}
@@ -201,8 +200,9 @@ def collect(output_dir):
     for model_path in sorted(output_dir.glob("model-*_smdl.json")):
         model = _read_json(model_path)
         nodes = []
-        for node, node_dir in dataset_node_dirs(output_dir, model):
-            cells = [_cell_facts(node_dir, d, _contrast_order(node)) for d in sorted(node_dir.glob("*design.json"))]
+        label = model_of(model_path)
+        for node, _ in dataset_node_dirs(output_dir, model):
+            cells = [_cell_facts(output_dir, c, _contrast_order(node)) for c in model_cells(output_dir, label, node.get("Name"))]
             if cells:
                 design = [(c["columns"], [(k["name"], k["test"], k["rows"]) for k in c["contrasts"]]) for c in cells]
                 nodes.append({"name": node.get("Name"), "group_by": node.get("GroupBy", []),

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -23,12 +24,20 @@ import pandas as pd
 
 from bids_group_app import __version__
 from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
-from bids_group_app.outputs.naming import sanitize_label
+from bids_group_app.outputs.naming import (
+    FWE_BY_LABEL,
+    FWE_KINDS,
+    PARAMETRIC_THRESHOLDS,
+    CellNames,
+    contrast_files,
+    model_cells,
+    model_of,
+    report_file,
+)
 from bids_group_app.reporting.templates import template_dir
 
 LOGGER = logging.getLogger(__name__)
-FWE_LABELS = {"maxt": "voxel-level FWE (max statistic)", "maxtfce": "TFCE FWE",
-              "maxsize": "cluster-size FWE", "maxmass": "cluster-mass FWE"}
+FWE_LABELS = {k.label: k.description for k in FWE_KINDS}
 PARAMETRIC_LABELS = {"fpr": "uncorrected (fpr)", "fdr": "FDR", "bonferroni": "Bonferroni"}
 DPI = 72
 
@@ -38,7 +47,7 @@ class ContrastResult:
     """Files of one contrast of one cell."""
 
     name: str
-    base: str
+    label: str
     sidecar: dict
     maps: dict = field(default_factory=dict)  # stat label -> Path
     thresholded: list = field(default_factory=list)  # (kind, map Path, sidecar, clusters DataFrame)
@@ -48,54 +57,58 @@ class ContrastResult:
 class CellResult:
     """Files of one model cell."""
 
-    node: str
-    prefix: str
+    names: CellNames
     design: pd.DataFrame
     sidecar: dict
     mask: Path
     contrasts: list = field(default_factory=list)
+
+    @property
+    def node(self):
+        """The node name."""
+        return self.names.node
+
+    @property
+    def prefix(self):
+        """The GroupBy values, as they appear in file names."""
+        return "_".join(f"{k}-{v}" for k, v in self.names.cell)
 
 
 def _read_json(path):
     return json.loads(Path(path).read_text())
 
 
+THRESHOLD_ORDER = [*PARAMETRIC_THRESHOLDS, *FWE_BY_LABEL]
+
+
+def _threshold_rank(name):
+    kind = name.get("thresh")
+    return THRESHOLD_ORDER.index(kind) if kind in THRESHOLD_ORDER else len(THRESHOLD_ORDER)
+
+
 def collect(output_dir, model_path):
-    """The cells and contrasts of one model, from OUTPUT_DIR."""
+    """The cells and contrasts of one model, from OUTPUT_DIR (through :mod:`.naming`)."""
     output_dir = Path(output_dir)
     model = _read_json(model_path)
+    label = model_of(model_path)
     cells = []
-    for node, node_dir in dataset_node_dirs(output_dir, model):
-        for design_json in sorted(node_dir.glob("*design.json")):
-            prefix = design_json.name[: -len("design.json")].rstrip("_")
-            stem = f"{prefix}_" if prefix else ""
-            cell = CellResult(node=node.get("Name"), prefix=prefix,
-                              design=pd.read_csv(node_dir / f"{stem}design.tsv", sep="\t"),
-                              sidecar=_read_json(design_json), mask=node_dir / f"{stem}mask.nii.gz")
-            pattern = re.compile(rf"^{re.escape(stem)}contrast-([A-Za-z0-9]+)_stat-([A-Za-z]+)_statmap\.json$")
-            contrasts = {}
-            for sidecar in sorted(node_dir.glob(f"{stem}contrast-*_stat-*_statmap.json")):
-                match = pattern.match(sidecar.name)
-                if not match:
-                    continue
-                label, stat = match.groups()
-                base = f"{stem}contrast-{label}"
-                info = _read_json(sidecar)
-                result = contrasts.setdefault(label, ContrastResult(info["Contrast"]["Name"], base, info))
-                result.maps[stat] = sidecar.with_suffix("").with_suffix(".nii.gz")
-            order = ["fpr", "fdr", "bonferroni", *FWE_LABELS]
-
-            def rank(path):
-                kind = path.name.split("_thresh-")[1].split("_")[0]
-                return order.index(kind) if kind in order else len(order)
-
-            for label, result in contrasts.items():
-                for sidecar in sorted(node_dir.glob(f"{result.base}_stat-*_thresh-*_statmap.json"), key=rank):
-                    kind = sidecar.name.split("_thresh-")[1].split("_")[0]
-                    table = node_dir / f"{result.base}_thresh-{kind}_clusters.tsv"
+    for node, _ in dataset_node_dirs(output_dir, model):
+        for names in model_cells(output_dir, label, node.get("Name")):
+            cell = CellResult(names=names, design=pd.read_csv(output_dir / names.design(), sep="\t"),
+                              sidecar=_read_json(output_dir / names.design(".json")), mask=output_dir / names.mask())
+            for contrast_label, files in contrast_files(output_dir, names).items():
+                result = None
+                for name in sorted(files, key=_threshold_rank):
+                    info = _read_json(output_dir / name.relpath)
+                    if result is None:
+                        result = ContrastResult(info["Contrast"]["Name"], contrast_label, info)
+                    image = output_dir / names.statmap(contrast_label, name.get("stat"), name.get("thresh"))
+                    if name.get("thresh") is None:
+                        result.maps[name.get("stat")] = image
+                        continue
+                    table = output_dir / names.clusters(contrast_label, name.get("thresh"))
                     clusters = pd.read_csv(table, sep="\t") if table.exists() else pd.DataFrame()
-                    result.thresholded.append((kind, sidecar.with_suffix("").with_suffix(".nii.gz"),
-                                               _read_json(sidecar), clusters))
+                    result.thresholded.append((name.get("thresh"), image, info, clusters))
                 cell.contrasts.append(result)
             cells.append(cell)
     return model, cells
@@ -122,30 +135,30 @@ class _Figures:
             self._background = load_mni152_template(resolution=2)
         return self._background
 
-    def _save(self, figure, name):
+    def _save(self, figure, relpath):
         import matplotlib.pyplot as plt
 
-        path = self.folder / name
+        path = self.output_dir / relpath
         figure.savefig(path, dpi=DPI, bbox_inches="tight")
         plt.close(figure)
         self.written.append(path)
         return path.relative_to(self.output_dir).as_posix()
 
-    def design(self, cell, name):
+    def design(self, cell):
         import matplotlib.pyplot as plt
         from nilearn.plotting import plot_design_matrix, plot_design_matrix_correlation
 
         width = min(2 + 0.35 * cell.design.shape[1], 14)
         figure, axes = plt.subplots(figsize=(width, 5))
         plot_design_matrix(cell.design, axes=axes)
-        design = self._save(figure, f"{name}_design.png")
+        design = self._save(figure, cell.names.figure("design"))
         correlation = None
         if cell.design.shape[1] > 1 and cell.design.shape[1] <= 40:
             ax = plot_design_matrix_correlation(cell.design)
-            correlation = self._save(ax.figure, f"{name}_corrdesign.png")
+            correlation = self._save(ax.figure, cell.names.figure("corrdesign"))
         return design, correlation
 
-    def contrasts(self, cell, name):
+    def contrasts(self, cell):
         import matplotlib.pyplot as plt
         from nilearn.plotting import plot_contrast_matrix
 
@@ -154,18 +167,21 @@ class _Figures:
             weights = np.atleast_2d(contrast.sidecar["Contrast"]["Weights"])
             ax = plot_contrast_matrix(weights if len(weights) > 1 else weights[0], design_matrix=cell.design)
             ax.set_title(contrast.name, fontsize=9)
-            paths.append((contrast.name, self._save(ax.figure, f"{contrast.base}_contrast.png")))
+            paths.append((contrast.name, self._save(ax.figure, cell.names.figure("contrast", contrast.label))))
             plt.close("all")
         return paths
 
-    def mask(self, cell, name):
+    def mask(self, cell):
         from nilearn.plotting import plot_roi
 
         display = plot_roi(str(cell.mask), bg_img=self.background, draw_cross=False, display_mode="ortho")
-        return self._save(display.frame_axes.figure, f"{name}_mask.png")
+        return self._save(display.frame_axes.figure, cell.names.figure("mask"))
 
-    def statmap(self, path, name, threshold=None, title=None):
-        """Slices and glass brain of a map; ``threshold`` hides smaller |values|."""
+    def statmap(self, path, figure, threshold=None, title=None):
+        """Slices and glass brain of a map; ``threshold`` hides smaller |values|.
+
+        ``figure(kind)`` names the figure of each kind (see :meth:`.CellNames.figure`).
+        """
         from nilearn.plotting import plot_glass_brain, plot_stat_map
 
         kwargs = {"threshold": threshold, "colorbar": True, "title": title}
@@ -175,15 +191,15 @@ class _Figures:
         cut = nib.affines.apply_affine(img.affine, peak)  # slices through the strongest voxel
         slices = plot_stat_map(img, bg_img=self.background, display_mode="ortho", draw_cross=False,
                                cut_coords=cut, cmap="cold_hot", black_bg=True, **kwargs)
-        slices_png = self._save(slices.frame_axes.figure, f"{name}_slices.png")
+        slices_png = self._save(slices.frame_axes.figure, figure("slices"))
         glass = plot_glass_brain(str(path), plot_abs=False, display_mode="lyrz", **kwargs)
-        glass_png = self._save(glass.frame_axes.figure, f"{name}_glass.png")
+        glass_png = self._save(glass.frame_axes.figure, figure("glass"))
         return slices_png, glass_png
 
-    def viewer(self, path, name, threshold, title):
+    def viewer(self, path, relpath, threshold, title):
         from nilearn.plotting import view_img
 
-        target = self.folder / f"{name}_viewer.html"
+        target = self.output_dir / relpath
         page = view_img(str(path), bg_img=self.background, threshold=threshold, title=title).get_standalone()
         # the page embeds its scripts and images; only nilearn's favicon would need the network
         page = re.sub(r"<link[^>]*rel=\"icon\"[^>]*/?>", "", page, flags=re.S)
@@ -225,17 +241,16 @@ def render_model_report(output_dir, model_path, target_dir=None):
     figures = _Figures(target_dir)
     sections = []
     for cell in cells:
-        name = f"node-{cell.node}" + (f"_{cell.prefix}" if cell.prefix else "")
-        design, correlation = figures.design(cell, name)
+        design, correlation = figures.design(cell)
         contrasts = []
         for contrast in cell.contrasts:
             stat = "t" if "t" in contrast.maps else "F"
-            unthresholded = figures.statmap(contrast.maps[stat], f"{contrast.base}_stat-{stat}",
+            unthresholded = figures.statmap(contrast.maps[stat], partial(cell.names.figure, contrast=contrast.label, stat=stat),
                                             title=f"{contrast.name}: {stat} (unthresholded)")
             thresholded = []
             for kind, path, sidecar, clusters in contrast.thresholded:
                 survived = bool(np.any(np.asarray(nib.load(str(path)).dataobj)))
-                images = figures.statmap(path, f"{contrast.base}_thresh-{kind}", threshold=1e-6,
+                images = figures.statmap(path, partial(cell.names.figure, contrast=contrast.label, thresh=kind), threshold=1e-6,
                                          title=f"{contrast.name}: {kind}") if survived else None
                 thresholded.append({
                     "kind": kind, "family": "permutation" if kind in FWE_LABELS else "parametric",
@@ -243,15 +258,15 @@ def render_model_report(output_dir, model_path, target_dir=None):
                     "atlas": sidecar.get("Atlas"),
                 })
             z_threshold = _parametric_z_threshold(contrast)
-            viewer = figures.viewer(contrast.maps["z"], f"{contrast.base}_stat-z", threshold=z_threshold,
+            viewer = figures.viewer(contrast.maps["z"], cell.names.figure("viewer", contrast.label, "z", extension=".html"), threshold=z_threshold,
                                     title=f"{contrast.name} (z{f' > {z_threshold:.2f}' if z_threshold else ''})")
             contrasts.append({"name": contrast.name, "test": contrast.sidecar["Contrast"]["Test"],
                               "dof": contrast.sidecar.get("DegreesOfFreedom"),
                               "unthresholded": unthresholded, "thresholded": thresholded, "viewer": viewer})
         sections.append({
             "title": f"{cell.node}" + (f" — {cell.prefix}" if cell.prefix else ""),
-            "design": design, "correlation": correlation, "contrast_figures": figures.contrasts(cell, name),
-            "mask": figures.mask(cell, name), "sidecar": cell.sidecar, "contrasts": contrasts,
+            "design": design, "correlation": correlation, "contrast_figures": figures.contrasts(cell),
+            "mask": figures.mask(cell), "sidecar": cell.sidecar, "contrasts": contrasts,
             "n_maps": cell.sidecar.get("NumberOfMaps"),
         })
     environment = Environment(loader=FileSystemLoader(str(template_dir())),
@@ -264,7 +279,7 @@ def render_model_report(output_dir, model_path, target_dir=None):
         versions=config.get("SoftwareVersions", {}), version=__version__,
         description=_read_json(output_dir / "dataset_description.json") if (output_dir / "dataset_description.json").exists() else {},
     )
-    target = target_dir / f"model-{sanitize_label(model.get('Name', 'model'))}_report.html"
+    target = target_dir / report_file(model_of(model_path))
     target.write_text(page)
     return [p.relative_to(target_dir) for p in (target, *figures.written)]
 

@@ -30,8 +30,14 @@ def _prepare_work_dir(work_dir):
     tempfile.tempdir = str(Path(work_dir).resolve())
 
 
-def run(options, argv=None):
+def run(config, argv=None):
     """Plan and execute a group analysis; returns the written paths.
+
+    Parameters
+    ----------
+    config : bids_group_app.config.Config
+    argv : list of str, optional
+        The command line, recorded in the logs.
 
     ``--n-cpus`` caps the BLAS/OpenMP threads of the numerical work;
     ``--work-dir`` becomes the folder for temporary files. With
@@ -40,14 +46,14 @@ def run(options, argv=None):
     """
     previous_tempdir = tempfile.tempdir
     try:
-        _prepare_work_dir(options.work_dir)
-        with threadpool_limits(limits=options.n_cpus):
-            if options.reports_only:
-                return reports_only(options)
-            planned = plan(options)
-            if options.perm_shard:
-                compute_shards(planned, options)
+        _prepare_work_dir(config.resources.work_dir)
+        with threadpool_limits(limits=config.resources.n_cpus):
+            if config.reports.reports_only:
+                return reports_only(config.inputs.output_dir)
+            planned = plan(config)
+            if config.permutation.perm_shard:
+                compute_shards(planned, config)
                 return []
-            return execute(planned, options, argv)
+            return execute(planned, config, argv)
     finally:
         tempfile.tempdir = previous_tempdir

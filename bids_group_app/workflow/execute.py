@@ -9,16 +9,14 @@ import logging
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from bids_group_app.inference import nonparametric
-from bids_group_app.inference.atlas import COLUMN_DESCRIPTIONS
 from bids_group_app.inference.parametric import atlas_provenance, threshold_contrast, threshold_table
 from bids_group_app.inputs.data_matrix import build_data_matrix
-from bids_group_app.outputs.commit import model_file, output_lock, read_existing
+from bids_group_app.outputs.commit import model_label, output_lock, read_existing, relabel_model
 from bids_group_app.outputs.dataset import (
     bidsignore,
     dataset_description,
@@ -26,122 +24,122 @@ from bids_group_app.outputs.dataset import (
     merge_models,
     software_versions,
 )
-from bids_group_app.outputs.naming import join_name, sanitize_label
+from bids_group_app.outputs.naming import (
+    FWE_KINDS,
+    CellNames,
+    cell_entities,
+    config_file,
+    model_file,
+    sanitize_label,
+)
 from bids_group_app.outputs.writer import OutputWriter
 from bids_group_app.stats.glm import contrast_maps, fit_ols
 from bids_group_app.workflow.reports import publish_reports
-from bids_group_app.workflow.sidecars import contrast_about, design_sidecar
+from bids_group_app.workflow.sidecars import clusters_sidecar, contrast_about, design_sidecar, nulldist_sidecar
 
 LOGGER = logging.getLogger(__name__)
 
 
-def _cell_key(cell):
-    return join_name(f"node-{sanitize_label(cell.node.name)}", cell.prefix)
-
-
-def _write_thresholded(writer, prefix, img, info, clusters, sidecar):
+def _write_thresholded(writer, names, contrast, stat, thresh, img, clusters, sidecar):
     """A thresholded statistic map, its cluster table, and their sidecars."""
-    stat_name, thresh = info
-    writer.image(f"{prefix}_stat-{stat_name}_thresh-{thresh}_statmap.nii.gz", img)
-    writer.json(f"{prefix}_stat-{stat_name}_thresh-{thresh}_statmap.json", sidecar)
-    writer.table(f"{prefix}_thresh-{thresh}_clusters.tsv", clusters)
-    writer.json(f"{prefix}_thresh-{thresh}_clusters.json", {
-        "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map, with "
-                       "anatomical labels; X/Y/Z in mm",
-        "Columns": COLUMN_DESCRIPTIONS,
-        **{k: v for k, v in sidecar.items() if k not in ("Inputs", "Subjects")},
-    })
+    writer.image(names.statmap(contrast, stat, thresh), img)
+    writer.json(names.statmap(contrast, stat, thresh, ".json"), sidecar)
+    writer.table(names.clusters(contrast, thresh), clusters)
+    writer.json(names.clusters(contrast, thresh, ".json"), clusters_sidecar(sidecar))
 
 
-def _write_parametric(writer, cell, dm, labels, results, contrast, common, options):
+def _write_parametric(writer, names, cell, dm, labels, results, contrast, common):
     design = cell.design
-    node_dir = f"node-{sanitize_label(cell.node.name)}"
+    parametric = cell.settings.parametric
     maps = contrast_maps(labels, results, contrast.vector, contrast.test)
-    base = f"{node_dir}/" + join_name(cell.prefix, f"contrast-{sanitize_label(contrast.name)}")
     about = contrast_about(contrast, design, maps)
     for stat, values in maps.as_dict().items():
-        writer.image(f"{base}_stat-{stat}_statmap.nii.gz", dm.masker.inverse_transform(values.astype(np.float32)))
-        writer.json(f"{base}_stat-{stat}_statmap.json", {"Statistic": stat, **about, **common})
+        writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values.astype(np.float32)))
+        writer.json(names.statmap(contrast.name, stat, extension=".json"), {"Statistic": stat, **about, **common})
     z_img = dm.masker.inverse_transform(maps.z.astype(np.float32))
     thresholded = threshold_contrast(
-        z_img, dm.mask_img, height_control=options.height_control, alpha=options.alpha,
-        cluster_threshold=options.cluster_threshold, two_sided=options.two_sided and contrast.test == "t",
+        z_img, dm.mask_img, height_control=parametric.height_control, alpha=parametric.alpha,
+        cluster_threshold=parametric.cluster_threshold, two_sided=parametric.two_sided and contrast.test == "t",
     )
     if thresholded is not None:
         img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
-        _write_thresholded(writer, base, img, ("z", sanitize_label(options.height_control)), thresholded.clusters,
-                           {"Statistic": "z", **about, **thresholded.describe(), **common})
-    return base, about, maps
+        _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control), img,
+                           thresholded.clusters, {"Statistic": "z", **about, **thresholded.describe(), **common})
+    return about, maps
 
 
-FWE_KINDS = (("maxt", "voxel-level FWE (maximum statistic)"), ("maxtfce", "TFCE FWE"),
-             ("maxsize", "cluster-size FWE"), ("maxmass", "cluster-mass FWE"))
-
-
-def _write_permutation(writer, dm, contrast, test, null, parametric, base, about, common, options, shufflings, blocks):
-    settings = nonparametric.settings_from_options(options)
-    perm_about = nonparametric.describe(test, shufflings, blocks, settings, options.seed)
+def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric, about, common, shufflings, blocks):
+    settings = cell.settings.permutation
+    perm_about = nonparametric.describe(test, shufflings, blocks, nonparametric.engine_settings(cell.settings), settings.seed)
     maps, p = nonparametric.permutation_maps(test, null)
     for stat, values in maps.items():
-        writer.image(f"{base}_stat-{stat}_statmap.nii.gz", dm.masker.inverse_transform(values))
-        writer.json(f"{base}_stat-{stat}_statmap.json", {"Statistic": stat, **about, **perm_about, **common})
-    writer.table(f"{base}_nulldist.tsv", nonparametric.null_table(test, null))
-    writer.json(f"{base}_nulldist.json", {
-        "Description": "Null distribution of the maximum statistic over the mask, one row per shuffling "
-                       "(the unpermuted data excluded)", **about, **perm_about})
+        writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values))
+        writer.json(names.statmap(contrast.name, stat, extension=".json"),
+                    {"Statistic": stat, **about, **perm_about, **common})
+    writer.table(names.nulldist(contrast.name), nonparametric.null_table(test, null))
+    writer.json(names.nulldist(contrast.name, ".json"), nulldist_sidecar(about, perm_about))
     stat_name = contrast.test
-    for kind, description in FWE_KINDS:
-        if f"p{kind}" not in p:
+    for kind in FWE_KINDS:
+        if f"p{kind.label}" not in p:
             continue
-        keep = p[f"p{kind}"] <= options.fwe_alpha
+        keep = p[f"p{kind.label}"] <= settings.fwe_alpha
         values = np.where(keep, parametric.stat, 0.0).astype(np.float32)  # the values of the stat-t/F map
         img = dm.masker.inverse_transform(values)
         clusters = threshold_table(img, two_sided=test.two_sided)
-        _write_thresholded(writer, base, img, (stat_name, kind), clusters, {
-            "Statistic": stat_name, "Thresholding": description, "FWEAlpha": options.fwe_alpha,
+        _write_thresholded(writer, names, contrast.name, stat_name, kind.label, img, clusters, {
+            "Statistic": stat_name, "Thresholding": kind.description, "FWEAlpha": settings.fwe_alpha,
             "Atlas": atlas_provenance(),
             "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
 
 
-def _data_matrix(cell, options):
-    return build_data_matrix(list(cell.design.rows["path"]), mask=options.mask, smoothing_fwhm=options.smoothing_fwhm)
+def _data_matrix(cell):
+    estimation = cell.settings.estimation
+    return build_data_matrix(list(cell.design.rows["path"]), mask=estimation.mask,
+                             smoothing_fwhm=estimation.smoothing_fwhm)
 
 
-def _write_cell(writer, cell, plan_, options, versions):
+def _cell_names(plan_, cell):
+    return CellNames(plan_.model_label, cell.node.name, cell_entities(cell.group_values))
+
+
+def _write_cell(writer, cell, plan_, config, versions):
     design = cell.design
-    node_dir = f"node-{sanitize_label(cell.node.name)}"
-    dm = _data_matrix(cell, options)
+    names = _cell_names(plan_, cell)
+    dm = _data_matrix(cell)
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
-    common = {**design_sidecar(cell, plan_, dm, options), "SoftwareVersions": versions}
-    writer.table(f"{node_dir}/{join_name(cell.prefix, 'design.tsv')}", design.matrix)
-    writer.json(f"{node_dir}/{join_name(cell.prefix, 'design.json')}", common)
-    writer.image(f"{node_dir}/{join_name(cell.prefix, 'mask.nii.gz')}", dm.mask_img)
-    if options.n_perm:
-        blocks = nonparametric.resolve_blocks(cell, options)
-        shufflings = nonparametric.cell_shufflings(cell, options, blocks)
+    common = {**design_sidecar(cell, plan_, dm), "SoftwareVersions": versions}
+    writer.table(names.design(), design.matrix)
+    writer.json(names.design(".json"), common)
+    writer.image(names.mask(), dm.mask_img)
+    n_perm = cell.settings.permutation.n_perm
+    if n_perm:
+        blocks = nonparametric.resolve_blocks(cell)
+        shufflings = nonparametric.cell_shufflings(cell, blocks)
     for contrast in design.contrasts:
-        base, about, parametric = _write_parametric(writer, cell, dm, labels, results, contrast, common, options)
-        if options.n_perm:
-            test, null = nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, options, _cell_key(cell))
-            _write_permutation(writer, dm, contrast, test, null, parametric, base, about, common, options,
+        about, parametric = _write_parametric(writer, names, cell, dm, labels, results, contrast, common)
+        if n_perm:
+            test, null = nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, config, names.key)
+            _write_permutation(writer, names, cell, dm, contrast, test, null, parametric, about, common,
                                shufflings, blocks)
     return len(design.contrasts)
 
 
-def compute_shards(plan_, options):
+def compute_shards(plan_, config):
     """``--perm-shard K/N``: compute and save this shard of every contrast's null."""
     saved = 0
     for cell in plan_.cells:
-        dm = _data_matrix(cell, options)
-        blocks = nonparametric.resolve_blocks(cell, options)
-        shufflings = nonparametric.cell_shufflings(cell, options, blocks)
+        if not cell.settings.permutation.n_perm:
+            continue
+        dm = _data_matrix(cell)
+        blocks = nonparametric.resolve_blocks(cell)
+        shufflings = nonparametric.cell_shufflings(cell, blocks)
         for contrast in cell.design.contrasts:
-            nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, options, _cell_key(cell))
+            nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, config, _cell_names(plan_, cell).key)
             saved += 1
     return saved
 
 
-def execute(plan_, options, argv=None):
+def execute(plan_, config, argv=None):
     """Fit every cell and write the derivative dataset; returns written paths.
 
     On failure nothing is left behind: staged files are dropped, and the
@@ -154,7 +152,7 @@ def execute(plan_, options, argv=None):
             break
         created.append(folder)
     try:
-        return _execute(plan_, options, argv)
+        return _execute(plan_, config, argv)
     except BaseException:
         for folder in created:  # innermost first
             try:
@@ -164,16 +162,16 @@ def execute(plan_, options, argv=None):
         raise
 
 
-def _execute(plan_, options, argv):
+def _execute(plan_, config, argv):
     writer = OutputWriter(plan_.output_dir)
     versions = software_versions()
     try:
         for cell in plan_.cells:
             LOGGER.info("fitting node %s %s (%d maps)", cell.node.name, cell.group_values or "", len(cell.design.rows))
-            _write_cell(writer, cell, plan_, options, versions)
-        writer.json(f"logs/config-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json", {
+            _write_cell(writer, cell, plan_, config, versions)
+        writer.json(config_file(time.strftime('%Y%m%d-%H%M%S'), uuid.uuid4().hex[:6]), {
             "CommandLine": ["bids_group_app"] + list(sys.argv[1:] if argv is None else argv),
-            "Options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
+            "Config": config.to_dict(),
             "Filters": plan_.filters,
             "SoftwareVersions": versions,
         })
@@ -181,14 +179,17 @@ def _execute(plan_, options, argv):
         # files that concurrent runs into the same OUTPUT_DIR share are merged
         # with what is there, under the lock, so no run clobbers another's
         with output_lock(plan_.output_dir):
-            saved_model = model_file(plan_.output_dir, plan_.document)
+            label = model_label(plan_.output_dir, plan_.document)
+            if label != plan_.model_label:  # a concurrent run saved another model of this name meanwhile
+                writer.relabel(lambda rel: relabel_model(rel, plan_.model_label, label))
+            saved_model = plan_.output_dir / model_file(label)
             writer.json(saved_model.name, merge_models(read_existing(saved_model), plan_.document))
             description = plan_.output_dir / "dataset_description.json"
             writer.json(description.name, merge_descriptions(
                 read_existing(description), dataset_description([plan_.bids_dir, *plan_.derivatives])))
             written = list(writer.written)
             writer.commit()
-            written += publish_reports(plan_.output_dir, html_reports=not options.no_reports)
+            written += publish_reports(plan_.output_dir, html_reports=not config.reports.no_reports)
     except BaseException:
         writer.abort()
         raise

@@ -14,22 +14,22 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_group_app.config import SOFTWARE_KEY, AnalysisSettings, check_settings, node_settings, software_options
 from bids_group_app.errors import (
     DataError,
     MissingInputError,
     NoFilesSelectedError,
     OutputError,
-    UnknownAnalysisLevelError,
     UsageError,
 )
 from bids_group_app.inputs import index as inputs_stage
 from bids_group_app.inputs.participants import MATCHED, join_participants, levels, read_participants, strip_sub
 from bids_group_app.model.design import build_design
 from bids_group_app.model.spec import auto_group_by, load_model, model_from_options, parse_model
-from bids_group_app.outputs.naming import cell_prefix, sanitize_label
+from bids_group_app.outputs.commit import model_label
+from bids_group_app.outputs.naming import cell_prefix, model_file, sanitize_label
 
 LOGGER = logging.getLogger(__name__)
-SHORT_DESIGN_OPTIONS = ("one_sample", "two_sample", "paired", "rm_anova", "covariates", "demean", "contrast", "group_by")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Cell:
     group_values: dict
     design: object
     prefix: str
+    settings: AnalysisSettings
 
 
 @dataclass
@@ -53,22 +54,19 @@ class Plan:
     filters: dict
     cells: list = field(default_factory=list)
     participants_report: dict = field(default_factory=dict)
+    model_label: str = "model"
 
 
-def _check_paths(options):
-    if options.analysis_level != "group":
-        raise UnknownAnalysisLevelError(
-            f"analysis level '{options.analysis_level}' is not supported; this app runs the 'group' level"
-        )
-    bids_dir = options.bids_dir.expanduser().resolve()
+def _check_paths(inputs):
+    bids_dir = inputs.bids_dir.expanduser().resolve()
     if not bids_dir.is_dir():
-        raise MissingInputError(f"BIDS_DIR {options.bids_dir} does not exist or is not a directory")
-    output_dir = options.output_dir.expanduser().resolve()
+        raise MissingInputError(f"BIDS_DIR {inputs.bids_dir} does not exist or is not a directory")
+    output_dir = inputs.output_dir.expanduser().resolve()
     if output_dir == bids_dir or bids_dir.is_relative_to(output_dir):
         raise UsageError(f"OUTPUT_DIR {output_dir} would overwrite BIDS_DIR {bids_dir}; choose another folder (e.g. BIDS_DIR/derivatives/group)")
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"OUTPUT_DIR {output_dir} exists and is not a directory; give a folder path")
-    if not options.skip_bids_validation:
+    if not inputs.skip_bids_validation:
         description = bids_dir / "dataset_description.json"
         if not description.is_file():
             raise MissingInputError(f"{bids_dir} is not a BIDS dataset: dataset_description.json is missing (or pass --skip-bids-validation)")
@@ -79,8 +77,8 @@ def _check_paths(options):
     return bids_dir, output_dir
 
 
-def _derivatives(options, bids_dir, output_dir):
-    derivatives = [Path(d).resolve() for d in inputs_stage.resolve_derivatives(bids_dir, options.derivatives)]
+def _derivatives(inputs, bids_dir, output_dir):
+    derivatives = [Path(d).resolve() for d in inputs_stage.resolve_derivatives(bids_dir, list(inputs.derivatives) or None)]
     for deriv in derivatives:
         if output_dir == deriv or output_dir.is_relative_to(deriv) or deriv.is_relative_to(output_dir):
             raise UsageError(f"OUTPUT_DIR {output_dir} overlaps the input derivative dataset {deriv}; choose a separate folder")
@@ -95,9 +93,9 @@ def _merge_filters(*sources):
     return merged
 
 
-def _cli_filters(options):
-    from_file = inputs_stage.load_bids_filter_file(options.bids_filter_file) if options.bids_filter_file else {}
-    return _merge_filters(from_file, inputs_stage.parse_filter_args(options.filter))
+def _cli_filters(inputs):
+    from_file = inputs_stage.load_bids_filter_file(inputs.bids_filter_file) if inputs.bids_filter_file else {}
+    return _merge_filters(from_file, inputs_stage.parse_filter_args(list(inputs.filter)))
 
 
 def _value_matches(series, wanted):
@@ -153,30 +151,57 @@ def _check_collisions(rows, node, group_values, entity_columns):
         )
 
 
-def plan(options):
+def _pin_settings(document, config):
+    """Resolve each Dataset node's analysis settings and write them into the
+    document (``Model.Software.bids_group_app``), so the saved model pins them.
+
+    Returns
+    -------
+    dict
+        ``{node name: AnalysisSettings}``.
+    """
+    settings = {}
+    for node in document["Nodes"]:
+        if str(node.get("Level", "")).lower() != "dataset":
+            continue
+        model = node.setdefault("Model", {})
+        software = model.setdefault("Software", {})
+        own = software.get(SOFTWARE_KEY) or {}
+        if not isinstance(own, dict):
+            raise UsageError(f"node '{node.get('Name')}': Model.Software.{SOFTWARE_KEY} must be an object, got {own!r}")
+        resolved = node_settings(config, own)
+        check_settings(resolved, f"node '{node.get('Name')}'")
+        software[SOFTWARE_KEY] = {**own, **software_options(resolved)}
+        settings[str(node.get("Name"))] = resolved
+    return settings
+
+
+def plan(config):
     """Check inputs and model and build every cell's design.
+
+    Parameters
+    ----------
+    config : bids_group_app.config.Config
 
     Raises
     ------
     AppError subclasses, each with its exit code.
     """
-    bids_dir, output_dir = _check_paths(options)
-    if options.model and any(getattr(options, o) for o in SHORT_DESIGN_OPTIONS):
-        given = [f"--{o.replace('_', '-')}" for o in SHORT_DESIGN_OPTIONS if getattr(options, o)]
-        raise UsageError(f"--model and the short design options ({', '.join(given)}) exclude each other; put the design in the model file")
-    model = load_model(options.model) if options.model else None
-    derivatives = _derivatives(options, bids_dir, output_dir)
-    table = inputs_stage.index_maps(bids_dir, derivatives, database_dir=options.bids_database_dir)
+    inputs, model_options = config.inputs, config.model
+    bids_dir, output_dir = _check_paths(inputs)
+    model = load_model(model_options.model) if model_options.model else None
+    derivatives = _derivatives(inputs, bids_dir, output_dir)
+    table = inputs_stage.index_maps(bids_dir, derivatives, database_dir=inputs.bids_database_dir)
     if table.empty:
         raise MissingInputError(f"no image with a sub-<label> entity in {', '.join(map(str, derivatives))}")
     participants = read_participants(bids_dir)
-    cli_filters = _cli_filters(options)
-    labels = [strip_sub(p) for p in options.participant_label or []]
+    cli_filters = _cli_filters(inputs)
+    labels = [strip_sub(p) for p in inputs.participant_label]
 
     if model is None:
         pre = _merge_filters(inputs_stage.default_filters(table), cli_filters)
         selected = inputs_stage.select_maps(table, pre, labels or None)
-        document = model_from_options(options, selected, participants)
+        document = model_from_options(model_options, selected, participants)
         model_filters = document["Input"]
     else:
         document = json.loads(json.dumps(model.document))
@@ -185,14 +210,20 @@ def plan(options):
     explicit = _merge_filters({k: v for k, v in model_filters.items() if k != "subject"}, cli_filters)
     filters = _merge_filters({k: v for k, v in inputs_stage.default_filters(table).items() if k not in explicit}, explicit)
     selected = inputs_stage.select_maps(table, filters, labels or subject_filter or None)
-    if model is None and not options.group_by:
+    if model is None and not model_options.group_by:
         document["Nodes"][0]["GroupBy"] = auto_group_by(selected, exclude=list(document["Input"]))
     document["Input"] = {**filters, **({"subject": sorted(selected["subject"].unique())} if labels or subject_filter else {})}
     model = parse_model(document)
+    settings = _pin_settings(document, config)
+    label = model_label(output_dir, document)
+    if label != sanitize_label(document.get("Name", "model")):
+        LOGGER.warning("OUTPUT_DIR holds another model named %s; this one is saved as %s (its files are named "
+                       "model-%s_...)", document.get("Name"), model_file(label), label)
 
     entity_columns = [c for c in table.columns if c not in ("path", "dataset")]
     joined, report = join_participants(selected, participants, entity_columns)
-    result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report)
+    result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report,
+                  model_label=label)
     prefixes = set()
     for node in model.nodes:
         rows = _apply_node_filters(joined, node)
@@ -208,7 +239,7 @@ def plan(options):
             if key in prefixes:
                 raise UsageError(f"two nodes are named '{key[0]}' once made BIDS labels; rename one")
             prefixes.add(key)
-            result.cells.append(Cell(node, group_values, design, prefix))
+            result.cells.append(Cell(node, group_values, design, prefix, settings[node.name]))
     LOGGER.info("planned %d model cell(s) from %d maps", len(result.cells), len(selected))
     return result
 

@@ -1,19 +1,24 @@
-"""Sidecar content: what the JSON files beside the maps say about them."""
+"""Sidecar content: what the JSON files beside the maps and tables say about them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bids_group_app.inference.atlas import COLUMN_DESCRIPTIONS
+
 
 def relative_input(path, derivatives):
+    """``bids:<dataset>:<path>`` of an input inside one of the derivative datasets."""
     for root in derivatives:
         if Path(path).is_relative_to(root):
             return f"bids:{root.name}:{Path(path).relative_to(root)}"
     return str(path)
 
 
-def design_sidecar(cell, plan_, dm, options):
+def design_sidecar(cell, plan_, dm):
+    """The design sidecar; its fields are repeated in every map sidecar of the cell."""
     design = cell.design
+    estimation = cell.settings.estimation
     return {
         "Node": cell.node.name,
         "GroupBy": cell.group_values,
@@ -29,13 +34,14 @@ def design_sidecar(cell, plan_, dm, options):
         ],
         "ParticipantsWithoutMaps": plan_.participants_report.get("without_maps", []),
         "SubjectsWithoutParticipantsRow": plan_.participants_report.get("without_row", []),
-        "Mask": {"Source": options.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1])},
-        "SmoothingFWHM": options.smoothing_fwhm,
+        "Mask": {"Source": estimation.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1])},
+        "SmoothingFWHM": estimation.smoothing_fwhm,
         "ResampledInputs": [relative_input(p, plan_.derivatives) for p in dm.resampled],
     }
 
 
 def contrast_about(contrast, design, maps):
+    """What every map sidecar of a contrast says about the contrast and its parametric statistics."""
     return {
         "Contrast": {"Name": contrast.name, "Test": contrast.test,
                      "Weights": contrast.weights.tolist() if contrast.test == "F" else contrast.weights[0].tolist(),
@@ -47,3 +53,19 @@ def contrast_about(contrast, design, maps):
     }
 
 
+
+
+def clusters_sidecar(map_sidecar):
+    """The sidecar of a cluster table: its columns and how its map was thresholded."""
+    return {
+        "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map, with "
+                       "anatomical labels; X/Y/Z in mm",
+        "Columns": COLUMN_DESCRIPTIONS,
+        **{k: v for k, v in map_sidecar.items() if k not in ("Inputs", "Subjects")},
+    }
+
+
+def nulldist_sidecar(about, permutation_about):
+    """The sidecar of a null-distribution table."""
+    return {"Description": "Null distribution of the maximum statistic over the mask, one row per shuffling "
+                           "(the unpermuted data excluded)", **about, **permutation_about}
