@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_group_app.errors import MissingInputError, OutputError, UsageError
+from bids_group_app.outputs.naming import parse_shard_file, shard_file
 from bids_group_app.stats.permutation import NullDistribution
 
 SHARD_PATTERN = re.compile(r"^(?P<K>\d+)/(?P<N>\d+)$")
@@ -61,7 +62,7 @@ def _folder(work_dir):
 def save(work_dir, shard_key, k, n, null):
     """Write one shard atomically (temporary name, then rename)."""
     folder = _folder(work_dir)
-    target = folder / f"{shard_key}-shard-{k}of{n}.npz"
+    target = folder / shard_file(shard_key, k, n)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp.npz")
@@ -83,22 +84,23 @@ def load_merged(work_dir, shard_key, description):
         directory (names the missing ones).
     """
     folder = _folder(work_dir)
-    found = sorted(folder.glob(f"{shard_key}-shard-*of*.npz")) if folder.is_dir() else []
+    found = [parsed for parsed in (parse_shard_file(p) for p in (folder.iterdir() if folder.is_dir() else []))
+             if parsed and parsed[0] == shard_key]
     if not found:
         raise MissingInputError(
             f"no permutation shard for {description} in {folder}; run the --perm-shard K/N jobs with the same "
             "data, options and --work-dir first"
         )
-    counts = {int(re.search(r"of(\d+)\.npz$", p.name).group(1)) for p in found}
+    counts = {n for _, _, n in found}
     if len(counts) != 1:
         raise UsageError(f"shards of {description} in {folder} come from different N: {sorted(counts)}; remove the stale ones")
     n = counts.pop()
-    present = {int(re.search(r"-shard-(\d+)of", p.name).group(1)) for p in found}
+    present = {k for _, k, _ in found}
     missing = sorted(set(range(1, n + 1)) - present)
     if missing:
         raise MissingInputError(f"permutation shards {', '.join(f'{k}/{n}' for k in missing)} of {description} are missing in {folder}")
     parts = []
     for k in range(1, n + 1):
-        with np.load(folder / f"{shard_key}-shard-{k}of{n}.npz") as data:
+        with np.load(folder / shard_file(shard_key, k, n)) as data:
             parts.append(NullDistribution(**{name: data[name] for name in data.files}))
     return NullDistribution.merge(parts), n

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 
 from bids_group_app import __version__
-from bids_group_app.outputs.naming import sanitize_label
+from bids_group_app.outputs.naming import node_folder
 
 
 def software_versions():
@@ -102,11 +102,11 @@ def merge_models(existing, new):
 
 def dataset_node_dirs(output_dir, model):
     """``(node, folder)`` of each Dataset-level node of a saved model document."""
-    return [(node, Path(output_dir) / f"node-{sanitize_label(node.get('Name', 'node'))}")
+    return [(node, Path(output_dir) / node_folder(node.get("Name", "node")))
             for node in model.get("Nodes", []) if str(node.get("Level", "")).lower() == "dataset"]
 
 
 def latest_config(output_dir):
     """Path of the most recent ``logs/config-*.json`` of OUTPUT_DIR (None when none)."""
-    configs = sorted((Path(output_dir) / "logs").glob("config-*.json"))
+    configs = sorted((Path(output_dir) / "logs").glob("config-*.json"))  # naming.config_file: sorts by time
     return configs[-1] if configs else None

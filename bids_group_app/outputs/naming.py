@@ -120,6 +120,11 @@ def _join(pairs):
     return "_".join(f"{k}-{v}" for k, v in pairs)
 
 
+def node_folder(node):
+    """``node-<node>``: the folder of a node's outputs."""
+    return f"node-{sanitize_label(node)}"
+
+
 @dataclass(frozen=True)
 class OutputName:
     """A parsed (or to be built) output file name.
@@ -203,7 +208,7 @@ class CellNames:
     @property
     def folder(self):
         """``node-<node>``."""
-        return f"node-{sanitize_label(self.node)}"
+        return node_folder(self.node)
 
     @property
     def key(self):
@@ -286,7 +291,7 @@ def model_cells(output_dir, model, node):
     -------
     list of CellNames
     """
-    folder = Path(output_dir) / f"node-{sanitize_label(node)}"
+    folder = Path(output_dir) / node_folder(node)
     cells = []
     for path in sorted(folder.glob(f"model-{model}_*design.json")):
         name = parse(path.relative_to(output_dir))
