@@ -354,7 +354,8 @@ CONTROLS_MODEL = model_document(
     {
         "GroupBy": ["contrast"],
         "Transformations": {"Transformer": TRANSFORMER, "Instructions": [
-            {"Name": "Replace", "Input": ["score"], "Replace": {"n/a": 100}},
+            # fill n/a with 0 the PyBIDS way (Replace cannot match n/a there)
+            {"Name": "Scale", "Input": ["score"], "Demean": False, "Rescale": False, "ReplaceNA": "before"},
             {"Name": "Demean", "Input": ["age", "score"]},
         ]},
         "Model": {"Type": "glm", "X": [1, "age", "score"]},
@@ -369,11 +370,11 @@ CONTROLS_MODEL = model_document(
 )
 
 
-def test_model_edge_filter_replace_demean_dummy_contrasts(run_design):
+def test_model_edge_filter_replace_na_demean_dummy_contrasts(run_design):
     truth, out = run_design("controls", "model", design={"model": CONTROLS_MODEL, "dataset": "nilearn_dataset"})
     p = read_participants(truth["root"])
     controls = sorted(p.index[(p["group"] == "control") & p.index.isin(truth["subjects"])])
-    # a control with a missing score is kept: Replace fills it in
+    # a control with a missing score is kept: Scale's ReplaceNA fills it in with 0
     assert set(truth["missing_score_subjects"]) & set(controls)
     for contrast in ("motor", "language"):
         cell = cell_for(out, contrast=contrast)
@@ -381,7 +382,7 @@ def test_model_edge_filter_replace_demean_dummy_contrasts(run_design):
         assert cell.sidecar["DroppedSubjects"] == []
         rows = p.loc[cell.rows["subject"]]
         age = rows["age"].to_numpy(float)
-        score = rows["score"].fillna(100.0).to_numpy(float)
+        score = rows["score"].fillna(0.0).to_numpy(float)
         X = pd.DataFrame({"intercept": np.ones(len(rows)), "age": age - age.mean(), "score": score - score.mean()})
         assert_design(cell, X)
         assert_contrasts(cell, [

@@ -2,9 +2,11 @@
 
 A *cell* is the table of maps (one row per map, with entity and
 participants.tsv columns) that one model is fit to. This module applies the
-node's transformations, expands ``Model.X`` into columns, drops the maps
-whose model variables are missing, and resolves the contrasts into weight
-matrices over the design columns, checking that each is estimable.
+node's transformations (:mod:`bids_group_app.model.transformations`; its
+``apply_transformations`` is importable from here too), expands ``Model.X``
+into columns, drops the maps whose model variables are missing, and
+resolves the contrasts into weight matrices over the design columns,
+checking that each is estimable.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 
 from bids_group_app.errors import DataError
 from bids_group_app.inputs.participants import MATCHED, is_numeric, levels
+from bids_group_app.model.transformations import apply_transformations, public_columns
 
 LOGGER = logging.getLogger(__name__)
 SUBJECT_PREFIX = "sub-"
@@ -64,118 +67,6 @@ class Design:
 
 
 # --------------------------------------------------------------------------
-# Transformations (pybids-transforms-v1 subset)
-# --------------------------------------------------------------------------
-
-def _io(step):
-    inputs = step["Input"] if isinstance(step["Input"], list) else [step["Input"]]
-    outputs = step.get("Output", inputs)
-    outputs = outputs if isinstance(outputs, list) else [outputs]
-    if len(outputs) != len(inputs):
-        raise DataError(f"transformation {step['Name']}: Output has {len(outputs)} names for {len(inputs)} inputs")
-    return inputs, outputs
-
-
-def _numeric_column(table, name, step):
-    if name not in table.columns:
-        raise DataError(f"transformation {step} needs column '{name}', which does not exist; columns: {', '.join(_public(table))}")
-    if not is_numeric(table[name]):
-        raise DataError(
-            f"transformation {step} needs numbers but column '{name}' holds {', '.join(levels(table[name])[:6])}; use Factor for a categorical variable"
-        )
-    return table[name].astype(float)
-
-
-def _factor(table, step):
-    constraint = step.get("Constraint", "none")
-    if constraint not in ("none", "drop_one", "mean_zero"):
-        raise DataError(f"Factor Constraint must be none, drop_one or mean_zero, got {constraint!r}")
-    for name in _io(step)[0]:
-        if name not in table.columns:
-            raise DataError(f"Factor needs column '{name}', which does not exist; columns: {', '.join(_public(table))}")
-        values = table[name]
-        labels = values.map(lambda v: v if pd.isna(v) else levels(pd.Series([v]))[0])
-        found = levels(values)
-        if not found:
-            raise DataError(f"Factor: column '{name}' has no non-missing value")
-        reference = str(step.get("RefLevel", found[0]))
-        if constraint != "none" and reference not in found:
-            raise DataError(f"Factor RefLevel {reference!r} is not a level of '{name}' (levels: {', '.join(found)})")
-        kept = found if constraint == "none" else [lv for lv in found if lv != reference]
-        missing = labels.isna()
-        for level in kept:
-            column = (labels == level).astype(float)
-            if constraint == "mean_zero":
-                column[labels == reference] = -1.0
-            column[missing] = np.nan
-            table[f"{name}.{level}"] = column
-    return table
-
-
-def _replace(table, step):
-    mapping = step.get("Replace")
-    if not isinstance(mapping, dict):
-        raise DataError("Replace needs a 'Replace' object mapping old values to new ones")
-    for source, target in zip(*_io(step)):
-        if source not in table.columns:
-            raise DataError(f"Replace needs column '{source}', which does not exist; columns: {', '.join(_public(table))}")
-        column = table[source].copy()
-        for old, new in mapping.items():
-            if old in ("n/a", None):
-                hit = column.isna()
-            else:
-                hit = column.astype(str) == str(old)
-                if is_numeric(column):
-                    try:
-                        hit = hit | (column == float(old))
-                    except (TypeError, ValueError):
-                        pass
-            column = column.astype(object)
-            column[hit] = new
-        numeric = pd.to_numeric(column, errors="coerce")
-        table[target] = numeric.astype(float) if numeric.notna().sum() == column.notna().sum() else column
-    return table
-
-
-def apply_transformations(table, instructions):
-    """Apply Demean/Scale/Factor/Replace/Rename/Copy instructions in order.
-
-    Statistics (means, SDs) are computed over the rows given, so call this
-    on the maps actually used.
-    """
-    table = table.copy()
-    for step in instructions:
-        name = step["Name"]
-        if name == "Factor":
-            table = _factor(table, step)
-        elif name == "Replace":
-            table = _replace(table, step)
-        else:
-            for source, target in zip(*_io(step)):
-                if name in ("Rename", "Copy"):
-                    if source not in table.columns:
-                        raise DataError(f"{name} needs column '{source}', which does not exist; columns: {', '.join(_public(table))}")
-                    table[target] = table[source]
-                    if name == "Rename" and target != source:
-                        table = table.drop(columns=source)
-                    continue
-                values = _numeric_column(table, source, name)
-                if name == "Demean" or step.get("Demean", True):
-                    values = values - values.mean()
-                if name == "Scale" and step.get("Rescale", True):
-                    sd = values.std()
-                    if not sd > 0:
-                        raise DataError(f"Scale: column '{source}' is constant over the maps used; it cannot be scaled")
-                    values = values / sd
-                table[target] = values
-    return table
-
-
-def _public(table):
-    return [c for c in table.columns if not str(c).startswith("_") and c != "path"]
-
-
-# --------------------------------------------------------------------------
 # Model.X -> columns
 # --------------------------------------------------------------------------
 
@@ -215,7 +106,7 @@ def expand_x(table, x, entities):
         for e in entities
         if e in table.columns and table[e].notna().any() and (e in x or e != "subject")
     }
-    pool = list(_public(table))
+    pool = list(public_columns(table))
     for columns in indicator_sources.values():
         pool.extend(c for c in columns if c not in pool)
     design = {}

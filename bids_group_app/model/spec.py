@@ -138,6 +138,8 @@ def parse_contrast(raw, where):
 
 
 def _parse_transformations(raw, where):
+    from bids_group_app.model.transformations import check_instruction  # options checked where they are run
+
     if raw is None:
         return []
     if isinstance(raw, dict):
@@ -155,6 +157,7 @@ def _parse_transformations(raw, where):
             f"{where}: transformation {step['Name']!r} is not supported; supported: {', '.join(SUPPORTED_TRANSFORMS)}",
         )
         _require("Input" in step, f"{where}: transformation {step['Name']} needs an Input")
+        check_instruction(step, f"{where}.Instructions[{i}]")
     return raw
 
 
