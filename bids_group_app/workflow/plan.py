@@ -191,7 +191,8 @@ def plan(options):
     model = parse_model(document)
 
     entity_columns = [c for c in table.columns if c not in ("path", "dataset")]
-    joined, report = join_participants(selected, participants, entity_columns)
+    joined, report = join_participants(selected, participants, entity_columns,
+                                       chosen=labels or subject_filter or filters.get("subject"))
     result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report)
     prefixes = set()
     for node in model.nodes:
