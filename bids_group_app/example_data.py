@@ -20,7 +20,10 @@ Layouts (``LAYOUTS``):
 ``"vbm"``
     ``derivatives/cat12/sub-XX/anat/sub-XX_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz``
 
-The console script ``bids_group_app_make_example`` calls :func:`main`.
+The console script ``bids_group_app_make_example`` calls :func:`main`; unlike
+:func:`make_example_dataset` (whose datasets the tests use), it writes no
+participant without maps unless ``--extra-participant``, so that the README's
+example runs without a warning.
 """
 
 import argparse
@@ -574,7 +577,11 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         ``"nilearn"`` layout only: subject 1 as ``.nii``, 2 as NIfTI-2, 3 as
         scaled int16, 4 with NaN background, the rest float32 ``.nii.gz``.
     extra_participant : bool
-        Add one participant (raw T1w and participants.tsv row, no maps).
+        Add one participant (raw T1w and participants.tsv row, no maps), as
+        when a subject's first-level maps are missing: an analysis warns
+        about it (the test fixtures want it; the console script leaves it
+        out unless ``--extra-participant``). Its row is drawn either way,
+        so the other subjects' files are the same with and without it.
 
     Returns
     -------
@@ -600,7 +607,7 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
     blobs = place_blobs(layout_blob_specs(layout), affine, mask)
     null = null_region(affine, mask)
 
-    all_rows = make_participants(rng, n_subjects, n_subjects + bool(extra_participant))
+    all_rows = make_participants(rng, n_subjects, n_subjects + 1)[:n_subjects + bool(extra_participant)]
     rows = all_rows[:n_subjects]
     subjects = [r["participant_id"][4:] for r in rows]
     deriv = root / "derivatives" / PIPELINES[layout][0]
@@ -659,6 +666,9 @@ def parse_args(argv):
     parser.add_argument("--layout", choices=LAYOUTS, default="nilearn")
     parser.add_argument("--n-subjects", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra-participant", action="store_true",
+                        help="add a participant with raw data and a participants.tsv row but no "
+                             "first-level maps (an analysis warns about it)")
     return parser.parse_args(argv)
 
 
@@ -684,7 +694,7 @@ def main(argv=None):
         return EXIT_OUTPUT_EXISTS
     try:
         truth = make_example_dataset(root, args.layout, n_subjects=args.n_subjects,
-                                     seed=args.seed)
+                                     seed=args.seed, extra_participant=args.extra_participant)
     except ValueError as err:
         print(f"bids_group_app_make_example: {err}", file=sys.stderr)
         return EXIT_BAD_OPTION

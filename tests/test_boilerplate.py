@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from bids_group_app.reporting.boilerplate import Bibliography, markdown_to_html, template_dir, write_boilerplate
+from bids_group_app.stats.permutation import TIE_TOLERANCE
 
 PERMUTATION_KEYS = {"freedman1983", "winkler2014", "winkler2015", "smith2009", "nichols2002", "bullmore1999"}
+SELECTED = ["01", "02", "03", "04", "05", "06"]
 RM_ANOVA = [
     "--rm-anova", "desc=IniFF,ImmFF,DelFF,IniUF,ImmUF,DelUF,IniSF,ImmSF,DelSF",
     "--contrast", "FacesScrambled=1/6,1/6,1/6,1/6,1/6,1/6,-1/3,-1/3,-1/3",
@@ -122,6 +124,28 @@ def parametric_run(run_cli, nilearn_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def selected_run(run_cli, nilearn_dataset, tmp_path_factory):
+    """One-sample test of six subjects chosen with --participant-label (parametric only)."""
+    out = tmp_path_factory.mktemp("boilerplate") / "selected"
+    return out, _render(run_cli, nilearn_dataset["root"], out, "--filter", "contrast=motor",
+                        "--participant-label", *SELECTED)
+
+
+@pytest.fixture(scope="module")
+def model_selected_run(run_cli, nilearn_dataset, tmp_path_factory):
+    """The same six subjects chosen by the model's Input ``subject`` instead."""
+    folder = tmp_path_factory.mktemp("boilerplate")
+    model = folder / "model_smdl.json"
+    model.write_text(json.dumps({
+        "Name": "chosen", "BIDSModelVersion": "1.0.0",
+        "Input": {"subject": SELECTED, "contrast": ["motor"], "stat": ["effect"]},
+        "Nodes": [{"Level": "Dataset", "Name": "chosen", "Model": {"Type": "glm", "X": [1]},
+                   "DummyContrasts": {"Contrasts": ["intercept"], "Test": "t"}}]}))
+    out = folder / "out"
+    return out, _render(run_cli, nilearn_dataset["root"], out, "--model", model)
+
+
+@pytest.fixture(scope="module")
 def anova_run(run_cli, seed004_dataset, tmp_path_factory):
     """Repeated-measures ANOVA: subject columns, F-test, permutations within subjects."""
     out = tmp_path_factory.mktemp("boilerplate") / "anova"
@@ -201,6 +225,47 @@ def test_parametric_only_run_mentions_no_permutation(parametric_run):
     z = _sidecar(out, "*stat-z_thresh-bonferroni_statmap.json")["Threshold"]["Value"]
     assert f"Bonferroni-corrected p < 0.05 across the voxels of the mask (one-sided; z > {z:.3g})" in md
     assert "benjamini1995" not in bib
+
+
+def test_participants_without_maps_are_reported_without_a_selection(parametric_run, nilearn_dataset):
+    """Guard: sub-17 has a participants.tsv row and no map, and no subject selection hides it."""
+    out, files = parametric_run
+    extra = nilearn_dataset["participant_without_maps"]
+    assert _design(out)["ParticipantsWithoutMaps"] == [extra]
+    assert f"without any selected map (sub-{extra}) did not enter the analysis" in files[".md"]
+
+
+@pytest.mark.parametrize("run", ["selected_run", "model_selected_run"])
+def test_subjects_left_out_by_the_selection_are_not_said_to_lack_maps(run, request, nilearn_dataset):
+    """Subjects outside --participant-label (or the model's Input subject) have maps: they were not chosen."""
+    out, files = request.getfixturevalue(run)
+    md, design = files[".md"], _design(out)
+    assert design["Subjects"] == SELECTED
+    assert design["ParticipantsWithoutMaps"] == []
+    assert "without any selected map" not in md
+    chosen = ", ".join(f"sub-{s}" for s in SELECTED[:-1]) + f" and sub-{SELECTED[-1]}"
+    assert f"The analysis was restricted to the participants {chosen}." in md
+    for subject in (set(nilearn_dataset["subjects"]) | {nilearn_dataset["participant_without_maps"]}) - set(SELECTED):
+        assert f"sub-{subject}" not in md
+
+
+def test_tie_tolerance_is_stated_from_the_engine_constant(perm_run, tmp_path):
+    out, files = perm_run
+    exponent = int(f"{TIE_TOLERANCE:e}".split("e")[1])
+    assert f"{TIE_TOLERANCE:e}".startswith("1.000000e")
+    assert f"10^{exponent}" in files[".md"] and "10^-6" not in files[".md"]
+    perm = _sidecar(out, "*contrast-score_stat-logp_statmap.json")
+    assert perm["TieTolerance"] == TIE_TOLERANCE
+    assert f"{TIE_TOLERANCE:g}" in perm["PValueConvention"]
+    # the text follows the value recorded with the maps (not a copy in the template)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for path in copy.glob("node-*/*_statmap.json"):
+        sidecar = json.loads(path.read_text())
+        if "TieTolerance" in sidecar:
+            path.write_text(json.dumps({**sidecar, "TieTolerance": 1e-7}))
+    md = write_boilerplate(copy)[0].read_text(encoding="utf-8")
+    assert "10^-7" in md and f"10^{exponent}" not in md
 
 
 def test_rm_anova_blocks_f_test_and_fdr(anova_run):

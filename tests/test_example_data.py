@@ -1,6 +1,8 @@
 """Tests for the synthetic example-dataset generator."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -161,6 +163,40 @@ def test_extra_participant_can_be_disabled(tmp_path):
                                  extra_participant=False)
     assert truth["participant_without_maps"] is None
     assert list(participants(truth).index) == truth["subjects"]
+
+
+def test_extra_participant_leaves_the_other_subjects_unchanged(tmp_path):
+    """Adding or leaving out the participants.tsv-only subject changes no byte of the others."""
+    with_extra = make_example_dataset(tmp_path / "with", "vbm", n_subjects=5)
+    without = make_example_dataset(tmp_path / "without", "vbm", n_subjects=5, extra_participant=False)
+    assert with_extra["subjects"] == without["subjects"]
+    files = [f for f in relative_files(tmp_path / "without") if f != "participants.tsv"]
+    assert files == [f for f in relative_files(tmp_path / "with")
+                     if f != "participants.tsv" and not f.startswith("sub-06")]
+    for name in files:
+        assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "without" / name).read_bytes(), name
+    rows = (tmp_path / "with" / "participants.tsv").read_text().splitlines()
+    assert (tmp_path / "without" / "participants.tsv").read_text().splitlines() == rows[:-1]
+
+
+def test_readme_example_runs_without_warnings(tmp_path):
+    """The README's first command (default example, default run) logs no WARNING."""
+    ds, out = tmp_path / "example_ds", tmp_path / "example_out"
+    made = subprocess.run([sys.executable, "-m", "bids_group_app.example_data", str(ds)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    run = subprocess.run([sys.executable, "-m", "bids_group_app", str(ds), str(out), "group"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "[INFO]" in run.stderr  # the log is there, so an absent WARNING means something
+    assert [line for line in run.stderr.splitlines() if "WARNING" in line] == []
+
+
+def test_main_extra_participant_option(tmp_path, capsys):
+    assert main([str(tmp_path / "ds"), "--layout", "vbm", "--n-subjects", "4", "--extra-participant"]) == 0
+    assert (tmp_path / "ds" / "sub-05" / "anat" / "sub-05_T1w.nii.gz").is_file()
+    assert "sub-05" in (tmp_path / "ds" / "participants.tsv").read_text()
+    assert not (tmp_path / "ds" / "derivatives" / "cat12" / "sub-05").exists()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -19,15 +19,16 @@ import pandas as pd
 
 from bids_group_app.inference import shards
 from bids_group_app.errors import DataError, UsageError
-from bids_group_app.stats.permutation import ContrastTest, Settings, choose_scheme, p_values, cluster_maps
+from bids_group_app.stats.permutation import TIE_TOLERANCE, ContrastTest, Settings, choose_scheme, p_values, cluster_maps
 from bids_group_app.stats.shuffling import make_shufflings
 from bids_group_app.stats.geometry import MaskGeometry
 
 LOGGER = logging.getLogger(__name__)
 P_VALUE_CONVENTION = (
     "p = (1 + #{null >= observed}) / (1 + NumberOfPermutations), the unpermuted data counted once; "
-    "exhaustive tests use every distinct shuffling and leave out the identity; a null value within 1e-5 "
-    "(relative) of the observed one counts as a tie; maps hold -log10(p)"
+    "exhaustive tests use every distinct shuffling and leave out the identity; a null value at most "
+    f"TieTolerance ({TIE_TOLERANCE:g}) times max(1, |observed|) below the observed one counts as a tie "
+    "(float32 rounding); maps hold -log10(p)"
 )
 
 
@@ -148,9 +149,30 @@ def run_contrast(dm, cell, contrast, shufflings, blocks, config, cell_key):
     return test, null
 
 
+def _p_value_text(test, spatial):
+    """What the p-values of the permutation outputs of ``test`` are, sidedness included.
+
+    ``spatial``: the spatial statistics computed too (``"TFCE"``, ``"clusters"``).
+    """
+    if test.two_sided:
+        side = "two-sided: |t| against its permutation distribution"
+        side += f" ({' and '.join(spatial)}: of either sign)" if spatial else ""
+    elif test.prep.test == "F":
+        side = "one-sided: upper tail of F against its permutation distribution"
+    else:
+        side = "one-sided: upper tail (positive t) against its permutation distribution"
+    return (f"permutation p-value, {side}; stat-logp: uncorrected, voxel by voxel; stat-logpmax*: "
+            "family-wise error corrected by the maximum over the mask; see PValueConvention")
+
+
 def describe(test, shufflings, blocks, settings, seed):
-    """Sidecar fields of the permutation outputs."""
+    """Sidecar fields of the permutation outputs.
+
+    They are written over the contrast's parametric fields, so ``PValue``
+    and ``ZScore`` here replace those of the ``stat-p``/``stat-z`` maps.
+    """
     prep = test.prep
+    spatial = [name for name, on in (("TFCE", settings.tfce), ("clusters", prep.cluster_threshold is not None)) if on]
     about = {
         "NumberOfPermutations": len(shufflings),
         "Shuffling": {**shufflings.describe(), "Seed": seed},
@@ -158,7 +180,10 @@ def describe(test, shufflings, blocks, settings, seed):
         "FreedmanLane": prep.nuisance_rank > 0,
         "NuisanceRank": prep.nuisance_rank,
         "TwoSided": bool(test.two_sided),
+        "PValue": _p_value_text(test, spatial),
+        "ZScore": "none: the permutation test computes no z map (the stat-z map of the contrast is parametric)",
         "PValueConvention": P_VALUE_CONVENTION,
+        "TieTolerance": TIE_TOLERANCE,
     }
     if settings.tfce:
         about["TFCE"] = {"E": settings.tfce_e, "H": settings.tfce_h, "Connectivity": settings.connectivity,

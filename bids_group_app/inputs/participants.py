@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bids_group_app.errors import DataError
+from bids_group_app.inputs.index import ANY_VALUE
 
 LOGGER = logging.getLogger(__name__)
 MATCHED = "_in_participants"
@@ -53,19 +54,36 @@ def read_participants(bids_dir):
     return table
 
 
-def join_participants(maps, participants, entity_columns):
+def join_participants(maps, participants, entity_columns, chosen=None):
     """Add participants.tsv columns to the table of maps (one row per map).
 
     A participants column that has the name of an entity is not joined
     (the entity wins) and a warning says so. The boolean column
     ``_in_participants`` tells which maps had a row.
 
+    Parameters
+    ----------
+    maps : pandas.DataFrame
+        The selected maps, with a ``subject`` column.
+    participants : pandas.DataFrame
+        From :func:`read_participants`.
+    entity_columns : list of str
+        Entity names; a participants column of one of these names is not joined.
+    chosen : str or list of str, optional
+        The subjects the user selected (``--participant-label``, the
+        model's Input ``subject`` or a ``subject`` filter; with or without
+        ``sub-``; ``'*'`` selects all). Rows of participants outside it were
+        left out by that choice: they are reported as ``not_selected``, not
+        as lacking maps.
+
     Returns
     -------
     joined : pandas.DataFrame
     report : dict
         ``without_row``: subjects with maps but no participants.tsv row;
-        ``without_maps``: participants.tsv rows with no selected map.
+        ``without_maps``: participants.tsv rows of selected subjects with no
+        selected map; ``not_selected``: participants.tsv rows outside
+        ``chosen``.
     """
     clashing = [c for c in participants.columns if c in entity_columns]
     if clashing:
@@ -74,15 +92,30 @@ def join_participants(maps, participants, entity_columns):
     joined = maps.join(participants[columns], on="subject")
     joined[MATCHED] = maps["subject"].isin(participants.index).to_numpy()
     subjects = set(maps["subject"])
+    listed = set(participants.index)
+    not_selected = _outside(listed, chosen)
     report = {
-        "without_row": sorted(subjects - set(participants.index)),
-        "without_maps": sorted(set(participants.index) - subjects),
+        "without_row": sorted(subjects - listed),
+        "without_maps": sorted(listed - subjects - not_selected),
+        "not_selected": sorted(not_selected),
     }
     if len(participants.index) and report["without_row"]:
         LOGGER.warning("subjects with maps but no row in participants.tsv: %s", ", ".join(report["without_row"]))
     if report["without_maps"]:
         LOGGER.warning("participants.tsv rows with no selected map: %s", ", ".join(report["without_maps"]))
+    if not_selected:
+        LOGGER.info("%d participants.tsv row(s) left out by the subject selection", len(not_selected))
     return joined, report
+
+
+def _outside(labels, chosen):
+    """The labels that a subject selection leaves out (None or ``'*'`` selects everyone)."""
+    if chosen is None:
+        return set()
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    if ANY_VALUE in chosen:
+        return set()
+    return set(labels) - {strip_sub(c) for c in chosen if c is not None}
 
 
 def is_numeric(series):

@@ -87,7 +87,7 @@ def _contrast_facts(sidecars):
         if "NumberOfPermutations" in sidecar and facts["permutation"] is None:
             facts["permutation"] = {k: sidecar.get(k) for k in (
                 "NumberOfPermutations", "Shuffling", "ExchangeabilityBlocks", "FreedmanLane",
-                "NuisanceRank", "TwoSided", "TFCE", "ClusterForming")}
+                "NuisanceRank", "TwoSided", "TFCE", "ClusterForming", "TieTolerance")}
         if sidecar.get("_kind") in FWE_KINDS:
             facts["fwe"].append(FWE_KINDS[sidecar["_kind"]])
             facts["fwe_alpha"] = sidecar.get("FWEAlpha")

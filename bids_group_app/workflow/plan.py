@@ -221,7 +221,8 @@ def plan(config):
                        "model-%s_...)", document.get("Name"), model_file(label), label)
 
     entity_columns = [c for c in table.columns if c not in ("path", "dataset")]
-    joined, report = join_participants(selected, participants, entity_columns)
+    joined, report = join_participants(selected, participants, entity_columns,
+                                       chosen=labels or subject_filter or filters.get("subject"))
     result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report,
                   model_label=label)
     prefixes = set()

@@ -16,7 +16,12 @@ def relative_input(path, derivatives):
 
 
 def design_sidecar(cell, plan_, dm):
-    """The design sidecar; its fields are repeated in every map sidecar of the cell."""
+    """Fields of a cell's ``design.json``, shared by the sidecars of its maps.
+
+    ``ParticipantsWithoutMaps`` lists the participants.tsv rows with no
+    selected map among the subjects the user selected; rows left out by
+    ``--participant-label`` or the model's Input ``subject`` are not in it.
+    """
     design = cell.design
     estimation = cell.settings.estimation
     return {
@@ -41,7 +46,12 @@ def design_sidecar(cell, plan_, dm):
 
 
 def contrast_about(contrast, design, maps):
-    """What every map sidecar of a contrast says about the contrast and its parametric statistics."""
+    """Fields of the parametric maps of a contrast.
+
+    ``PValue`` and ``ZScore`` describe the ``stat-p``/``stat-z`` maps; the
+    permutation outputs replace them with their own
+    (:func:`bids_group_app.inference.nonparametric.describe`).
+    """
     return {
         "Contrast": {"Name": contrast.name, "Test": contrast.test,
                      "Weights": contrast.weights.tolist() if contrast.test == "F" else contrast.weights[0].tolist(),
