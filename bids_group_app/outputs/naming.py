@@ -62,16 +62,17 @@ class InferenceKind:
 
     label: str  # the ``thresh-`` label of its FWE-thresholded map
     logp: str  # the ``stat-`` label of its FWE -log10 p map
-    description: str  # for sidecars, reports and the methods text
+    description: str  # for sidecars
+    title: str  # report headings (the statistic is added there)
     short: str  # one word (methods text)
 
 
 #: The permutation inference kinds, in report order (defined once).
 FWE_KINDS = (
-    InferenceKind("maxt", "logpmaxt", "voxel-level FWE (maximum statistic)", "voxel"),
-    InferenceKind("maxtfce", "logpmaxtfce", "TFCE FWE", "tfce"),
-    InferenceKind("maxsize", "logpmaxsize", "cluster-size FWE", "size"),
-    InferenceKind("maxmass", "logpmaxmass", "cluster-mass FWE", "mass"),
+    InferenceKind("maxt", "logpmaxt", "voxel-level FWE (maximum statistic)", "voxel-level FWE", "voxel"),
+    InferenceKind("maxtfce", "logpmaxtfce", "TFCE FWE", "TFCE FWE", "tfce"),
+    InferenceKind("maxsize", "logpmaxsize", "cluster-size FWE", "cluster-size FWE", "size"),
+    InferenceKind("maxmass", "logpmaxmass", "cluster-mass FWE", "cluster-mass FWE", "mass"),
 )
 FWE_BY_LABEL = {k.label: k for k in FWE_KINDS}
 #: Parametric height controls, in report order.

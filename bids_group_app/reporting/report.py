@@ -6,6 +6,14 @@ the logged configuration), so ``--reports-only`` re-renders a report
 without refitting. Figures are PNG files in ``OUTPUT_DIR/figures/`` next to
 the report, the interactive viewers (nilearn ``view_img``) are
 self-contained HTML files there too: the report opens with no network.
+
+Colour maps follow what the values mean: a signed map (t, z, effect, a
+two-sided thresholded map with both signs) is drawn with a diverging map
+symmetric about 0, a positive-only map (F, -log10 p, cluster size or mass,
+one-sided thresholded maps, the z of an F-test) with a sequential map from 0
+to its maximum (:func:`is_positive_only` decides), so that blue always
+means "below zero". Headings name the inference (voxel-level, TFCE,
+cluster-size or cluster-mass FWE) and the statistic it was made on.
 """
 
 from __future__ import annotations
@@ -37,9 +45,109 @@ from bids_group_app.outputs.naming import (
 from bids_group_app.reporting.templates import template_dir
 
 LOGGER = logging.getLogger(__name__)
-FWE_LABELS = {k.label: k.description for k in FWE_KINDS}
+FWE_LABELS = {k.label: k.title for k in FWE_KINDS}
 PARAMETRIC_LABELS = {"fpr": "uncorrected (fpr)", "fdr": "FDR", "bonferroni": "Bonferroni"}
 DPI = 72
+# statistics that cannot be negative; every ``logp*`` label (-log10 p) is one too
+NON_NEGATIVE_STATISTICS = frozenset({"F", "p", "size", "mass"})
+# the diverging colour map of each view; a positive-only map gets its upper half
+SLICES_CMAP = "cold_hot"  # slices on a black background
+GLASS_CMAP = "RdBu_r"     # glass brain on white, and the interactive viewer (nilearn's defaults)
+
+
+def is_positive_only(statistic, values, test="t"):
+    """Whether a map is drawn as positive-only (sequential colours, bar from 0 to its maximum).
+
+    Parameters
+    ----------
+    statistic : str
+        The map's ``stat-`` label: t, z, effect, F, p, logp, logpmaxt, tfce,
+        size, mass, ...
+    values : array-like
+        The map's values; NaN and infinite values are ignored.
+    test : {"t", "F"}
+        The test of the map's contrast.
+
+    Returns
+    -------
+    bool
+        True for a statistic that cannot be negative (F, p, -log10 p,
+        cluster size and mass), for every map of an F-test (its z is the
+        quantile of the upper-tail p: a negative z means an F below its
+        null expectation, not an effect of the opposite sign), and for a
+        signed statistic whose map holds no negative value (a one-sided
+        thresholded map, a one-sided TFCE map). False for a signed map with
+        negative values, which keeps a diverging map symmetric about 0.
+
+    Notes
+    -----
+    A statistic that cannot be negative but holds negative values is
+    logged as a warning and reported as signed, so that the impossible
+    values are drawn (in blue) rather than hidden at the bottom of a
+    sequential colour bar.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    negative = bool(np.any(values[np.isfinite(values)] < 0))
+    if statistic in NON_NEGATIVE_STATISTICS or statistic.startswith("logp"):
+        if negative:
+            LOGGER.warning("the %s map holds negative values, which a %s statistic cannot take; "
+                           "it is drawn with a diverging colour map", statistic, statistic)
+        return not negative
+    if test == "F":
+        return True
+    return not negative
+
+
+def inference_label(kind, statistic, two_sided=False):
+    """Name of the inference behind a thresholded map, e.g. ``"voxel-level FWE (max F)"``.
+
+    Parameters
+    ----------
+    kind : str
+        The ``thresh-`` label: fpr, fdr, bonferroni, maxt, maxtfce, maxsize
+        or maxmass (``maxt`` is the maximum of the contrast's statistic,
+        t or F, whatever the label says).
+    statistic : str
+        The statistic the permutation test was made on (t or F).
+    two_sided : bool
+        Whether a t statistic was tested in both directions (``|t|``).
+
+    Returns
+    -------
+    str
+    """
+    if kind not in FWE_LABELS:
+        return PARAMETRIC_LABELS.get(kind, kind)
+    stat = f"|{statistic}|" if two_sided and statistic == "t" else statistic
+    return f"{FWE_LABELS[kind]} ({'max' if kind == 'maxt' else 'on'} {stat})"
+
+
+def _figure_title(name, what, limit=48):
+    """``"<contrast>: <what>"``, the contrast name shortened with "…" to keep it within ``limit`` characters.
+
+    A longer title runs over the colour bar of the slices (its top tick
+    label disappears); the full name heads the report's section.
+    """
+    room = max(limit - len(what) - 2, 8)
+    short = name if len(name) <= room else name[: room - 1] + "…"
+    return f"{short}: {what}"
+
+
+def _upper_half(cmap):
+    """The part of a diverging colour map above its centre, as a sequential map."""
+    import matplotlib
+    from matplotlib.colors import LinearSegmentedColormap
+    from nilearn.plotting import cm  # noqa: F401  (registers nilearn's colour maps with matplotlib)
+
+    cmap = matplotlib.colormaps[cmap]
+    return LinearSegmentedColormap.from_list(f"{cmap.name}_upper", cmap(np.linspace(0.5, 1, 256)))
+
+
+def _positive_part(img, data):
+    """``img`` with its negative values set to 0 (drawing a one-sided statistic), or ``img`` itself."""
+    if not np.any(data < 0):
+        return img
+    return nib.Nifti1Image(np.clip(data, 0, None).astype(np.float32), img.affine, img.header)
 
 
 @dataclass
@@ -177,45 +285,79 @@ class _Figures:
         display = plot_roi(str(cell.mask), bg_img=self.background, draw_cross=False, display_mode="ortho")
         return self._save(display.frame_axes.figure, cell.names.figure("mask"))
 
-    def statmap(self, path, figure, threshold=None, title=None):
+    def statmap(self, path, figure, statistic, test, threshold=None, title=None):
         """Slices and glass brain of a map; ``threshold`` hides smaller |values|.
 
-        ``figure(kind)`` names the figure of each kind (see :meth:`.CellNames.figure`).
+        A signed map is drawn with the views' diverging colour maps,
+        symmetric about 0; a positive-only one (see :func:`is_positive_only`)
+        with their upper halves from 0 to its maximum, negative values (the
+        z of an F-test) not drawn. ``figure(kind)`` names the figure of each
+        kind (see :meth:`bids_group_app.outputs.naming.CellNames.figure`).
         """
         from nilearn.plotting import plot_glass_brain, plot_stat_map
 
         kwargs = {"threshold": threshold, "colorbar": True, "title": title}
         img = nib.load(str(path))
         data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
+        if is_positive_only(statistic, data, test):
+            img, source = _positive_part(img, data), None
+            data = np.clip(data, 0, None)
+            scale = {"symmetric_cbar": False, "vmin": 0, "vmax": float(data.max()) or 1.0}
+            slices_cmap, glass = _upper_half(SLICES_CMAP), {"cmap": _upper_half(GLASS_CMAP), **scale}
+        else:
+            source, scale, slices_cmap, glass = str(path), {}, SLICES_CMAP, {}
         peak = np.unravel_index(int(np.argmax(np.abs(data))), data.shape)
         cut = nib.affines.apply_affine(img.affine, peak)  # slices through the strongest voxel
         slices = plot_stat_map(img, bg_img=self.background, display_mode="ortho", draw_cross=False,
-                               cut_coords=cut, cmap="cold_hot", black_bg=True, **kwargs)
+                               cut_coords=cut, cmap=slices_cmap, black_bg=True, **scale, **kwargs)
         slices_png = self._save(slices.frame_axes.figure, figure("slices"))
-        glass = plot_glass_brain(str(path), plot_abs=False, display_mode="lyrz", **kwargs)
+        glass = plot_glass_brain(source or img, plot_abs=False, display_mode="lyrz", **glass, **kwargs)
         glass_png = self._save(glass.frame_axes.figure, figure("glass"))
         return slices_png, glass_png
 
-    def viewer(self, path, relpath, threshold, title):
+    def viewer(self, path, relpath, threshold, test, page_title):
+        """Interactive viewer (nilearn ``view_img``) of a z map; returns its path and its title.
+
+        brainsprite writes the title on the canvas over the first (sagittal)
+        panel only, and its room grows with the viewer as its font does: a
+        wider viewer does not make a long title fit, so the title says only
+        what is drawn (``|z| > 3.09``, ``z > 3.09`` for the one-sided z of an
+        F-test) and the contrast goes into the report's heading and into
+        the page's ``<title>`` (``page_title``).
+        """
         from nilearn.plotting import view_img
 
+        img = nib.load(str(path))
+        data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
+        options = {}
+        positive = is_positive_only("z", data, test)
+        if positive:
+            img = _positive_part(img, data)
+            options = {"cmap": _upper_half(GLASS_CMAP), "symmetric_cmap": False, "vmin": 0,
+                       "vmax": float(np.clip(data, 0, None).max()) or 1.0}
+        z = "z" if positive else "|z|"
+        title = f"{z} > {threshold:.2f}" if threshold else "z, no threshold"
         target = self.output_dir / relpath
-        page = view_img(str(path), bg_img=self.background, threshold=threshold, title=title).get_standalone()
+        page = view_img(img if positive else str(path), bg_img=self.background, threshold=threshold, title=title,
+                        **options).get_standalone()
         # the page embeds its scripts and images; only nilearn's favicon would need the network
         page = re.sub(r"<link[^>]*rel=\"icon\"[^>]*/?>", "", page, flags=re.S)
+        page = re.sub(r"<title>.*?</title>", lambda _: f"<title>{html.escape(page_title)}</title>", page,
+                      count=1, flags=re.S)
         target.write_text(page)
         self.written.append(target)
-        return target.relative_to(self.output_dir).as_posix()
+        return target.relative_to(self.output_dir).as_posix(), title
 
 
-def _threshold_text(kind, sidecar):
+def _threshold_text(kind, sidecar, label):
+    """The threshold of a thresholded map in words; ``label`` is its :func:`inference_label`."""
     if kind in FWE_LABELS:
-        return (f"{FWE_LABELS[kind]} p < {sidecar.get('FWEAlpha')} by permutation "
+        return (f"{label} p < {sidecar.get('FWEAlpha')} by permutation "
                 f"({sidecar.get('NumberOfPermutations')} shufflings, {sidecar.get('Shuffling', {}).get('Scheme')}); "
                 f"{sidecar.get('SurvivingVoxels', 0)} voxels survive")
     threshold = (sidecar.get("Threshold") or {}).get("Value")
-    value = "no voxel survives" if threshold is None else f"z > {threshold:.3f}"
-    label = PARAMETRIC_LABELS.get(sidecar.get("HeightControl"), sidecar.get("HeightControl"))
+    z = "|z|" if sidecar.get("TwoSided") else "z"
+    value = "no voxel survives" if threshold is None else f"{z} > {threshold:.3f}"
     extent = sidecar.get("ClusterExtentThreshold", 0)
     return f"{label} α = {sidecar.get('Alpha')}, {value}" + (f", clusters ≥ {extent} voxels" if extent else "")
 
@@ -244,25 +386,29 @@ def render_model_report(output_dir, model_path, target_dir=None):
         design, correlation = figures.design(cell)
         contrasts = []
         for contrast in cell.contrasts:
+            test = contrast.sidecar["Contrast"]["Test"]
             stat = "t" if "t" in contrast.maps else "F"
-            unthresholded = figures.statmap(contrast.maps[stat], partial(cell.names.figure, contrast=contrast.label, stat=stat),
-                                            title=f"{contrast.name}: {stat} (unthresholded)")
+            unthresholded = figures.statmap(contrast.maps[stat], partial(cell.names.figure, contrast=contrast.label, stat=stat), stat, test,
+                                            title=_figure_title(contrast.name, f"{stat} (unthresholded)"))
             thresholded = []
             for kind, path, sidecar, clusters in contrast.thresholded:
+                statistic = sidecar.get("Statistic", stat)
+                label = inference_label(kind, statistic, bool(sidecar.get("TwoSided")))
                 survived = bool(np.any(np.asarray(nib.load(str(path)).dataobj)))
-                images = figures.statmap(path, partial(cell.names.figure, contrast=contrast.label, thresh=kind), threshold=1e-6,
-                                         title=f"{contrast.name}: {kind}") if survived else None
+                images = figures.statmap(path, partial(cell.names.figure, contrast=contrast.label, thresh=kind), statistic, test, threshold=1e-6,
+                                         title=_figure_title(contrast.name, label)) if survived else None
                 thresholded.append({
-                    "kind": kind, "family": "permutation" if kind in FWE_LABELS else "parametric",
-                    "text": _threshold_text(kind, sidecar), "images": images, "table": _table_html(clusters),
-                    "atlas": sidecar.get("Atlas"),
+                    "kind": kind, "label": label, "family": "permutation" if kind in FWE_LABELS else "parametric",
+                    "text": _threshold_text(kind, sidecar, label), "images": images,
+                    "table": _table_html(clusters), "atlas": sidecar.get("Atlas"),
                 })
             z_threshold = _parametric_z_threshold(contrast)
-            viewer = figures.viewer(contrast.maps["z"], cell.names.figure("viewer", contrast.label, "z", extension=".html"), threshold=z_threshold,
-                                    title=f"{contrast.name} (z{f' > {z_threshold:.2f}' if z_threshold else ''})")
-            contrasts.append({"name": contrast.name, "test": contrast.sidecar["Contrast"]["Test"],
+            viewer, viewer_title = figures.viewer(contrast.maps["z"], cell.names.figure("viewer", contrast.label, "z", extension=".html"), z_threshold, test,
+                                                  page_title=f"{contrast.name}: z map")
+            contrasts.append({"name": contrast.name, "test": test,
                               "dof": contrast.sidecar.get("DegreesOfFreedom"),
-                              "unthresholded": unthresholded, "thresholded": thresholded, "viewer": viewer})
+                              "unthresholded": unthresholded, "thresholded": thresholded, "viewer": viewer,
+                              "viewer_title": viewer_title})
         sections.append({
             "title": f"{cell.node}" + (f" — {cell.prefix}" if cell.prefix else ""),
             "design": design, "correlation": correlation, "contrast_figures": figures.contrasts(cell),
