@@ -24,10 +24,9 @@ Deliberate differences, each tested here and stated in the README:
   renames only the first level's column).
 * A Replace whose new values are all numbers gives a numeric column here;
   PyBIDS keeps it as an object column, which its Demean/Scale refuse.
-* Numeric factor levels are labelled as whole numbers when they are whole
-  (``dose.1``); PyBIDS labels every level of a float column as a float
-  (``dose.1.0``) when any value is not whole. Known, not yet fixed (the
-  labels come from ``inputs.participants.levels``; see the xfail below).
+* Numeric factor levels are labelled as whole numbers when every value is
+  whole (``dose.1``), and every level as a float (``dose.0.0``, ``dose.0.5``,
+  ``dose.1.0``) when any is not, as PyBIDS does.
 """
 
 from __future__ import annotations
@@ -257,8 +256,6 @@ def test_numeric_transformation_of_a_replaced_column(table, pybids_collection):
     np.testing.assert_allclose(run_ours(table, instructions)["sex"], (male - male.mean()) / male.std(ddof=1))
 
 
-@pytest.mark.xfail(strict=True, reason="level labels of a numeric column that is not all whole numbers: "
-                                       "PyBIDS writes 1.0 (float dtype), inputs.participants.levels writes 1")
 def test_factor_numeric_levels_with_fractions(tmp_path):
     root = tmp_path / "bids"
     root.mkdir()

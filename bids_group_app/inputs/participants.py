@@ -124,13 +124,31 @@ def is_numeric(series):
 
 
 def levels(series):
-    """Sorted distinct non-missing values of a column, as strings."""
+    """Sorted distinct non-missing values of a column, as strings.
+
+    Numbers are written as PyBIDS names factor levels: whole numbers
+    without a decimal point (``2``) when every value is whole, otherwise
+    every value as a float (``0.0``, ``0.5``, ``1.0``).
+    """
     values = series.dropna()
     if is_numeric(values):
-        return [_num_label(v) for v in sorted(values.unique())]
+        numbers = sorted(float(v) for v in values.unique())
+        whole = _all_whole(numbers)
+        return [_number_label(v, whole) for v in numbers]
     return sorted(map(str, values.unique()))
 
 
-def _num_label(value):
-    value = float(value)
-    return str(int(value)) if np.isfinite(value) and value.is_integer() else str(value)
+def level_labels(series):
+    """Each value of a column as its level name in :func:`levels` (missing values stay missing)."""
+    if not is_numeric(series.dropna()):
+        return series.map(lambda v: v if pd.isna(v) else str(v))
+    whole = _all_whole(float(v) for v in series.dropna().unique())
+    return series.map(lambda v: v if pd.isna(v) else _number_label(float(v), whole))
+
+
+def _all_whole(numbers):
+    return all(np.isfinite(v) and float(v).is_integer() for v in numbers)
+
+
+def _number_label(value, whole):
+    return str(int(value)) if whole else str(float(value))

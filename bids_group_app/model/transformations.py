@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from bids_group_app.errors import DataError, UsageError
-from bids_group_app.inputs.participants import is_numeric, levels
+from bids_group_app.inputs.participants import is_numeric, level_labels, levels
 
 #: Options each transformation accepts besides Name, Input and Output.
 OPTIONS = {
@@ -215,10 +215,6 @@ def scale(values, name, demean=True, rescale=True, replace_na=None):
     return values
 
 
-def _label(value):
-    return value if pd.isna(value) else levels(pd.Series([value]))[0]
-
-
 def factor_columns(values, name, constraint="none", reference=None, sep="."):
     """PyBIDS's Factor of one column: the indicator columns, in level order.
 
@@ -239,12 +235,12 @@ def factor_columns(values, name, constraint="none", reference=None, sep="."):
     -------
     dict of str to pandas.Series
     """
-    labels = values.map(_label)
+    labels = level_labels(values)
     found = levels(values)
     if not found:
         raise DataError(f"Factor: column '{name}' has no non-missing value")
-    if reference is not None:
-        reference = _label(reference)
+    if reference is not None:  # labelled as the column's own values are
+        reference = level_labels(pd.concat([values.dropna(), pd.Series([reference])], ignore_index=True)).iloc[-1]
         if reference not in found:
             raise DataError(f"Factor RefLevel {reference!r} is not a level of '{name}' (levels: {', '.join(found)})")
     constrained = len(found) > 1 and constraint in ("drop_one", "mean_zero")
