@@ -21,7 +21,7 @@ from bids_group_app.inference import shards
 from bids_group_app.errors import DataError, UsageError
 from bids_group_app.stats.permutation import TIE_TOLERANCE, ContrastTest, Settings, choose_scheme, p_values, cluster_maps
 from bids_group_app.stats.shuffling import make_shufflings
-from bids_group_app.stats.geometry import MaskGeometry
+from bids_group_app.stats.geometry import VolumeGeometry
 
 LOGGER = logging.getLogger(__name__)
 P_VALUE_CONVENTION = (
@@ -121,7 +121,7 @@ def run_contrast(dm, cell, contrast, shufflings, blocks, config, cell_key):
     """
     settings = engine_settings(cell.settings, config.resources.n_cpus)
     work_dir = config.resources.work_dir
-    geometry = MaskGeometry(np.asarray(dm.mask_img.dataobj, dtype=bool), settings.connectivity)
+    geometry = VolumeGeometry(np.asarray(dm.mask_img.dataobj, dtype=bool), settings.connectivity)
     test = ContrastTest(dm.Y, cell.design.matrix.to_numpy(), contrast.weights, contrast.test, geometry,
                         shufflings, settings, blocks.labels)
     shard_key = _key(test, cell_key, contrast, shufflings, settings)

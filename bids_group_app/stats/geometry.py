@@ -1,42 +1,121 @@
-"""Mask geometry, clusters and TFCE of statistic maps (arrays in, arrays out).
+"""Geometry of statistic maps: clusters and TFCE (arrays in, arrays out).
 
-The statistic of a voxel-wise test lives on the voxels of a mask. Cluster
-and TFCE statistics need the 3-D neighbourhood, so :class:`MaskGeometry`
-puts masked values back into the bounding box of the mask (a much smaller
-volume than the image, which makes labelling and TFCE several times faster).
+The statistic of a mass-univariate test lives on the elements of a mask
+(voxels; vertices of a mesh). The permutation engine sees it only as a
+masked vector and reaches the neighbourhood through the :class:`Geometry`
+seam, which says
+
+* how many elements there are (:attr:`Geometry.n_elements`),
+* which supra-threshold elements are connected (:meth:`Geometry.components`),
+* how large a cluster is (:meth:`Geometry.extent`: a voxel count; an area
+  on a mesh with element areas),
+* the TFCE of a batch of masked vectors (:meth:`Geometry.tfce`).
+
+Two implementations:
+
+* :class:`VolumeGeometry` (alias ``MaskGeometry``): voxels of a 3-D mask
+  with 6-, 18- or 26-connectivity. Components are found on the masked
+  vector through a neighbour table, so their cost follows the number of
+  supra-threshold voxels, not the volume; TFCE puts the values back into
+  the bounding box of the mask (a much smaller volume than the image,
+  which makes it several times faster).
+* :class:`AdjacencyGeometry`: any elements joined by a sparse symmetric
+  adjacency (a mesh), with optional element sizes (areas) for the extent.
 
 Conventions:
 
-* Clusters are connected components (``connectivity`` 6, 18 or 26
-  neighbours) of the voxels above the cluster-forming threshold; with a
-  two-sided test, positive and negative clusters are formed separately.
-  They are found on the masked vector through a neighbour table, so the
-  cost follows the number of supra-threshold voxels, not the volume.
-* Cluster size is the number of voxels; cluster mass is the sum over the
-  cluster of ``|stat| - threshold`` (as nilearn).
+* Clusters are connected components of the elements above the
+  cluster-forming threshold; with a two-sided test, positive and negative
+  clusters are formed separately. Components are numbered in the order of
+  their first (lowest-index) element.
+* Cluster size is the extent (number of voxels, or sum of element sizes);
+  cluster mass is the sum over the cluster of ``|stat| - threshold`` (as
+  nilearn).
 * TFCE is the exact integral ``∫ e(h)^E h^H dh`` computed by the ``tfce``
-  package (max-tree, no step size); with a two-sided test the negative part
-  is enhanced separately and keeps its sign.
+  package (max-tree, no step size), ``e(h)`` the number of connected
+  elements; with a two-sided test the negative part is enhanced separately
+  and keeps its sign.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 
 CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
 
 
+@runtime_checkable
+class Geometry(Protocol):
+    """What the permutation engine needs of the space a statistic lives on.
+
+    Every method takes and returns masked vectors: values of shape ``(v,)``
+    (one map) or ``(B, v)`` (a batch), ``v`` = :attr:`n_elements`.
+    """
+
+    @property
+    def n_elements(self) -> int:
+        """Number of elements (length of a masked vector)."""
+
+    def components(self, values, threshold, sign):
+        """Connected components of the elements with ``sign * value > threshold``.
+
+        Parameters
+        ----------
+        values : numpy.ndarray, shape (v,)
+        threshold : float
+        sign : {1, -1}
+
+        Returns
+        -------
+        members : numpy.ndarray of int
+            Indices (ascending) of the supra-threshold elements.
+        labels : numpy.ndarray of int
+            Component of each member, 0-based, numbered in the order of
+            each component's first member.
+        count : int
+            Number of components.
+        """
+
+    def extent(self, members, labels, count):
+        """Size of each component, shape (count,): element counts (int) or areas (float)."""
+
+    def tfce(self, values, E, H, two_sided):
+        """Exact TFCE of masked values (v,) or (B, v), float32, same shape."""
+
+
+def _graph_components(n, a, b):
+    """Connected components of ``n`` nodes joined by the edges ``(a[k], b[k])``.
+
+    ``a`` must be sorted (edges listed by their first node). Labels are
+    numbered in the order of each component's lowest node, as
+    :func:`scipy.sparse.csgraph.connected_components` visits nodes in order.
+
+    Returns
+    -------
+    labels : numpy.ndarray of int, shape (n,)
+    count : int
+    """
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(a, minlength=n), out=indptr[1:])
+    graph = sparse.csr_matrix((np.ones(a.size), b, indptr), shape=(n, n))
+    count, labels = csgraph.connected_components(graph, directed=False)
+    return labels, int(count)
+
+
 @dataclass
-class MaskGeometry:
-    """Where masked voxels sit in the bounding box of the mask.
+class VolumeGeometry:
+    """Voxels of a 3-D mask and their grid neighbourhood.
 
     Parameters
     ----------
     mask : numpy.ndarray of bool, 3-D
     connectivity : {6, 18, 26}
+        Neighbourhood for clusters and TFCE.
     """
 
     mask: np.ndarray
@@ -48,11 +127,15 @@ class MaskGeometry:
         self.mask = np.asarray(self.mask, dtype=bool)
         coords = np.argwhere(self.mask)
         lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
-        self.box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        self.box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
-        self.flat_index = np.flatnonzero(self.mask[self.box])
+        self._box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+        self._flat_index = np.flatnonzero(self.mask[tuple(slice(a, b) for a, b in zip(lo, hi))])
         self.structure = ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[self.connectivity])
         self._forward = None
+
+    @property
+    def n_elements(self):
+        """Number of voxels in the mask."""
+        return int(self._flat_index.size)
 
     @property
     def forward_neighbours(self):
@@ -64,108 +147,148 @@ class MaskGeometry:
         """
         if self._forward is None:
             index = np.full(self.mask.shape, -1, dtype=np.int32)
-            index[self.mask] = np.arange(self.n_voxels)
+            index[self.mask] = np.arange(self.n_elements)
             padded = np.pad(index, 1, constant_values=-1)
             offsets = [o for o in np.argwhere(self.structure) - 1 if tuple(o) > (0, 0, 0)]
             coords = np.argwhere(self.mask) + 1
             self._forward = np.stack([padded[tuple((coords + o).T)] for o in offsets], axis=1)
         return self._forward
 
-    @property
-    def n_voxels(self):
-        """Number of voxels in the mask."""
-        return int(self.flat_index.size)
+    def components(self, values, threshold, sign):
+        """Connected components of the voxels with ``sign * value > threshold``.
 
-    def to_box(self, values):
+        The edges are read from the neighbour table of the supra-threshold
+        voxels only. See :meth:`Geometry.components`.
+        """
+        supra = (np.asarray(values) * sign) > threshold
+        members = np.flatnonzero(supra)
+        if members.size == 0:
+            return members, members, 0
+        neighbours = self.forward_neighbours[members]
+        valid = neighbours >= 0
+        valid[valid] = supra[neighbours[valid]]
+        a = np.broadcast_to(np.arange(members.size)[:, None], neighbours.shape)[valid]
+        b = np.searchsorted(members, neighbours[valid])
+        labels, count = _graph_components(members.size, a, b)
+        return members, labels, count
+
+    def extent(self, members, labels, count):
+        """Number of voxels of each component."""
+        return np.bincount(labels, minlength=count)
+
+    def tfce(self, values, E, H, two_sided):
+        """Exact TFCE of masked values (v,) or (B, v), computed in the mask's bounding box."""
+        return self._from_box(tfce_volumes(self._to_box(values), self.connectivity, E, H, two_sided))
+
+    def _to_box(self, values):
         """Masked values of shape (v,) or (B, v) → volumes (*box, ) or (*box, B)."""
         values = np.asarray(values)
         batch = values.reshape(-1, values.shape[-1])
-        out = np.zeros((len(batch), int(np.prod(self.box_shape))), dtype=np.float32)
-        out[:, self.flat_index] = batch
-        out = np.moveaxis(out.reshape((len(batch),) + self.box_shape), 0, -1)
+        out = np.zeros((len(batch), int(np.prod(self._box_shape))), dtype=np.float32)
+        out[:, self._flat_index] = batch
+        out = np.moveaxis(out.reshape((len(batch),) + self._box_shape), 0, -1)
         return out[..., 0] if values.ndim == 1 else out
 
-    def from_box(self, volume):
+    def _from_box(self, volume):
         """Volume(s) (*box) or (*box, B) → masked values (v,) or (B, v)."""
         volume = np.asarray(volume)
         if volume.ndim == 3:
-            return volume.reshape(-1)[self.flat_index]
-        return np.moveaxis(volume, -1, 0).reshape(volume.shape[-1], -1)[:, self.flat_index]
+            return volume.reshape(-1)[self._flat_index]
+        return np.moveaxis(volume, -1, 0).reshape(volume.shape[-1], -1)[:, self._flat_index]
 
 
-def _components(values, threshold, geometry, sign):
-    """Connected components of the voxels with ``sign * value > threshold``.
+MaskGeometry = VolumeGeometry  # the name before the Geometry seam
 
-    Works on the masked vector through the neighbour table, so the cost
-    grows with the number of supra-threshold voxels, not with the volume.
 
-    Returns
-    -------
-    members : numpy.ndarray of int
-        Masked indices of the supra-threshold voxels.
-    labels : numpy.ndarray of int
-        Component (0-based) of each member.
-    count : int
+class AdjacencyGeometry:
+    """Elements joined by a sparse symmetric adjacency (e.g. the vertices of a mesh).
+
+    Parameters
+    ----------
+    adjacency : scipy.sparse matrix or array-like, shape (v, v)
+        Nonzero ``[i, j]``: elements i and j are neighbours. Must be
+        symmetric; the diagonal is ignored.
+    element_size : array-like, shape (v,), optional
+        Size of each element (a vertex area); cluster extent is then the
+        sum of the sizes of its elements instead of their number. TFCE
+        always counts elements (the ``tfce`` package takes no weights).
     """
-    supra = (values * sign) > threshold
-    members = np.flatnonzero(supra)
-    if members.size == 0:
-        return members, members, 0
-    neighbours = geometry.forward_neighbours[members]
-    valid = neighbours >= 0
-    valid[valid] = supra[neighbours[valid]]
-    a = np.broadcast_to(np.arange(members.size)[:, None], neighbours.shape)[valid]
-    b = np.searchsorted(members, neighbours[valid])
-    roots = _union_find(members.size, a, b)
-    _, labels = np.unique(roots, return_inverse=True)
-    return members, labels.ravel(), int(labels.max()) + 1
 
+    def __init__(self, adjacency, element_size=None):
+        graph = sparse.csr_matrix(adjacency, dtype=bool)
+        if graph.shape[0] != graph.shape[1]:
+            raise ValueError(f"adjacency must be square, got shape {graph.shape}")
+        graph.setdiag(False)
+        graph.eliminate_zeros()
+        if (graph != graph.T).nnz:
+            raise ValueError("adjacency must be symmetric")
+        graph.sort_indices()
+        self.adjacency = graph
+        self.element_size = None
+        if element_size is not None:
+            self.element_size = np.asarray(element_size, dtype=np.float64)
+            if self.element_size.shape != (graph.shape[0],):
+                raise ValueError(f"element_size must have shape ({graph.shape[0]},), got {self.element_size.shape}")
 
-def _union_find(n, a, b):
-    """Root of each of ``n`` nodes joined by the edges ``(a[k], b[k])``.
+    @property
+    def n_elements(self):
+        """Number of elements."""
+        return int(self.adjacency.shape[0])
 
-    Vectorised hooking and pointer jumping: each round links the larger of
-    two differing roots to the smaller (so no cycle can form), then
-    compresses every path to its root; a handful of rounds suffices.
-    """
-    parent = np.arange(n)
-    while True:
-        ra, rb = parent[a], parent[b]
-        differ = ra != rb
-        if not differ.any():
-            return parent
-        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
-        parent[hi] = lo
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
+    def components(self, values, threshold, sign):
+        """Connected components of the supra-threshold subgraph. See :meth:`Geometry.components`."""
+        members = np.flatnonzero((np.asarray(values) * sign) > threshold)
+        if members.size == 0:
+            return members, members, 0
+        count, labels = csgraph.connected_components(self.adjacency[members][:, members], directed=False)
+        return members, labels, int(count)
+
+    def extent(self, members, labels, count):
+        """Number of elements of each component, or the sum of their sizes."""
+        weights = None if self.element_size is None else self.element_size[members]
+        return np.bincount(labels, weights=weights, minlength=count)
+
+    def tfce(self, values, E, H, two_sided):
+        """Exact TFCE of masked values (v,) or (B, v) on the adjacency (element counts as extent)."""
+        import tfce
+
+        values = np.asarray(values, dtype=np.float32)
+        out = tfce.tfce(np.ascontiguousarray(values.T), adjacency=(self.adjacency.indptr, self.adjacency.indices),
+                        E=E, H=H, two_sided=two_sided)
+        return out.T
 
 
 def cluster_measures(values, threshold, geometry, two_sided):
     """Clusters of a masked statistic vector, with their sizes and masses.
 
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (v,)
+    threshold : float
+    geometry : Geometry
+    two_sided : bool
+
     Returns
     -------
     labels : numpy.ndarray of int, shape (v,)
-        Cluster of each voxel: positive clusters 1..n, negative clusters
+        Cluster of each element: positive clusters 1..n, negative clusters
         -1..-m (two-sided only), 0 outside clusters.
     sizes, masses : dict
-        ``{label: value}``.
+        ``{label: value}``; sizes are the geometry's extents (int for
+        element counts).
     """
     values = np.asarray(values)
     labels = np.zeros(values.shape[0], dtype=np.int32)
     sizes, masses = {}, {}
     for sign in ((1, -1) if two_sided else (1,)):
-        members, component, count = _components(values, threshold, geometry, sign)
+        members, component, count = geometry.components(values, threshold, sign)
         if not count:
             continue
-        size = np.bincount(component, minlength=count)
+        size = geometry.extent(members, component, count)
         mass = np.bincount(component, weights=np.abs(values[members]) - threshold, minlength=count)
         labels[members] = sign * (component + 1)
         for i in range(count):
-            sizes[sign * (i + 1)] = int(size[i])
+            sizes[sign * (i + 1)] = size[i].item()
             masses[sign * (i + 1)] = float(mass[i])
     return labels, sizes, masses
 
@@ -176,13 +299,13 @@ def max_cluster_measures(values, threshold, geometry, two_sided, to_stat=None, s
     ``values`` may be an increasing transform of the statistic: clusters
     are formed with ``threshold`` on ``values``, and masses are computed on
     ``to_stat(values)`` above ``stat_threshold`` (by default the values and
-    threshold themselves).
+    threshold themselves). ``geometry`` is a :class:`Geometry`.
     """
     best_size, best_mass = 0, 0.0
     for sign in ((1, -1) if two_sided else (1,)):
-        members, component, count = _components(values, threshold, geometry, sign)
+        members, component, count = geometry.components(values, threshold, sign)
         if count:
-            best_size = max(best_size, int(np.bincount(component).max()))
+            best_size = max(best_size, geometry.extent(members, component, count).max().item())
             heights = np.abs(values[members] if to_stat is None else to_stat(values[members]))
             excess = heights - (threshold if stat_threshold is None else stat_threshold)
             best_mass = max(best_mass, float(np.bincount(component, weights=excess).max()))
@@ -190,9 +313,8 @@ def max_cluster_measures(values, threshold, geometry, two_sided, to_stat=None, s
 
 
 def tfce_volumes(volumes, connectivity, E, H, two_sided, n_jobs=1):
-    """Exact TFCE of box volumes (*box) or (*box, B), float32."""
+    """Exact TFCE of volumes (nx, ny, nz) or (nx, ny, nz, B), float32."""
     import tfce
 
     return tfce.tfce(np.ascontiguousarray(volumes, dtype=np.float32), connectivity=connectivity, E=E, H=H,
                      two_sided=two_sided, n_jobs=n_jobs)
-

@@ -1,7 +1,9 @@
 """Permutation inference engine: arrays in, arrays out.
 
 Input: the data matrix ``Y`` (n maps × v voxels), the design ``X``, a
-contrast, the mask geometry and the shufflings. Output: the observed
+contrast, the geometry of the maps (a :class:`~.geometry.Geometry`: the
+engine reaches neighbourhoods, clusters and TFCE only through it, on
+masked vectors) and the shufflings. Output: the observed
 statistic (t or F), TFCE and cluster maps, and the null distributions of
 their maxima plus per-voxel exceedance counts. No file I/O.
 
@@ -53,7 +55,7 @@ import numpy as np
 from scipy import linalg, stats
 from threadpoolctl import threadpool_limits
 
-from bids_group_app.stats.geometry import cluster_measures, max_cluster_measures, tfce_volumes
+from bids_group_app.stats.geometry import cluster_measures, max_cluster_measures
 
 BATCH_VOXELWISE = 128
 BATCH_CLUSTER = 16
@@ -77,7 +79,8 @@ class Settings:
     tfce : bool
     tfce_e, tfce_h : float
     connectivity : {6, 18, 26}
-        Neighbourhood for clusters and TFCE.
+        Neighbourhood of a volume (the geometry applies it; a geometry
+        with another ``connectivity`` is refused).
     cluster_forming_p : float or None
         Enables cluster size and mass inference at this uncorrected p.
     n_jobs : int
@@ -320,6 +323,15 @@ class NullDistribution:
         return cls(**merged)
 
 
+def _check_geometry(geometry, n_columns, settings):
+    """Refuse a geometry that does not describe the data's columns or the settings' neighbourhood."""
+    if geometry.n_elements != n_columns:
+        raise ValueError(f"the geometry has {geometry.n_elements} elements but the data {n_columns} columns")
+    connectivity = getattr(geometry, "connectivity", settings.connectivity)
+    if settings.spatial and connectivity != settings.connectivity:
+        raise ValueError(f"the geometry has connectivity {connectivity} but the settings {settings.connectivity}")
+
+
 class ContrastTest:
     """Permutation test of one contrast.
 
@@ -329,8 +341,9 @@ class ContrastTest:
     X : numpy.ndarray (n, p)
     weights : numpy.ndarray (p,) or (q, p)
     test : {'t', 'F'}
-    geometry : spatial.MaskGeometry
-        Needed for TFCE and cluster inference.
+    geometry : geometry.Geometry
+        The elements the columns of ``Y`` are (voxels of a volume, vertices
+        of a mesh): clusters and TFCE are computed through it.
     shufflings : shuffling.Shufflings
     settings : Settings
     blocks : array-like (n,), optional
@@ -338,6 +351,7 @@ class ContrastTest:
     """
 
     def __init__(self, Y, X, weights, test, geometry, shufflings, settings, blocks=None):
+        _check_geometry(geometry, np.shape(Y)[1], settings)
         self.geometry = geometry
         self.shufflings = shufflings
         self.settings = settings
@@ -379,8 +393,7 @@ class ContrastTest:
         if s.tfce:
             maxima = []
             for start in range(0, len(maps), TFCE_CHUNK):  # bounds the memory of the max-tree
-                volumes = self.geometry.to_box(maps[start:start + TFCE_CHUNK])
-                values = self.geometry.from_box(tfce_volumes(volumes, s.connectivity, s.tfce_e, s.tfce_h, self.two_sided))
+                values = self.geometry.tfce(maps[start:start + TFCE_CHUNK], s.tfce_e, s.tfce_h, self.two_sided)
                 maxima.append(np.abs(values).max(axis=1) if self.two_sided else values.max(axis=1))
             result["max_tfce"] = np.concatenate(maxima)
         if self.prep.cluster_threshold is not None:
@@ -408,8 +421,7 @@ class ContrastTest:
         observed = Observed(stat=stat, compared=_compared(stat, self.prep, self.settings.two_sided))
         s = self.settings
         if s.tfce:
-            volume = self.geometry.to_box(stat)
-            observed.tfce = self.geometry.from_box(tfce_volumes(volume, s.connectivity, s.tfce_e, s.tfce_h, self.two_sided))
+            observed.tfce = self.geometry.tfce(stat, s.tfce_e, s.tfce_h, self.two_sided)
         if self.prep.cluster_threshold is not None:
             labels, sizes, masses = cluster_measures(stat, self.prep.cluster_threshold, self.geometry, self.two_sided)
             observed.cluster_labels = labels
