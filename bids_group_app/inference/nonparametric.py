@@ -19,6 +19,7 @@ import pandas as pd
 
 from bids_group_app.inference import shards
 from bids_group_app.errors import DataError, UsageError
+from bids_group_app.outputs.naming import FWE_KINDS
 from bids_group_app.stats.permutation import TIE_TOLERANCE, ContrastTest, Settings, choose_scheme, p_values, cluster_maps
 from bids_group_app.stats.shuffling import make_shufflings
 from bids_group_app.stats.geometry import VolumeGeometry
@@ -200,15 +201,20 @@ def _neglog(p):
 
 
 def permutation_maps(test, null):
-    """Output maps (masked vectors) keyed by their ``stat-`` label."""
+    """Output maps (masked vectors) keyed by their ``stat-`` label, and the p-values.
+
+    The engine's FWE p-values ``p<kind>`` become the ``stat-logp<kind>``
+    maps of :data:`bids_group_app.outputs.naming.FWE_KINDS`.
+    """
     p = p_values(test, null)
-    maps = {"logp": _neglog(p["p"]), "logpmaxt": _neglog(p["pmaxt"])}
-    if "pmaxtfce" in p:
+    maps = {"logp": _neglog(p["p"])}
+    if test.observed.tfce is not None:
         maps["tfce"] = test.observed.tfce.astype(np.float32)
-        maps["logpmaxtfce"] = _neglog(p["pmaxtfce"])
     if "pmaxsize" in p:
-        size, mass = cluster_maps(test)
-        maps.update(size=size, mass=mass, logpmaxsize=_neglog(p["pmaxsize"]), logpmaxmass=_neglog(p["pmaxmass"]))
+        maps["size"], maps["mass"] = cluster_maps(test)
+    for kind in FWE_KINDS:
+        if f"p{kind.label}" in p:
+            maps[kind.logp] = _neglog(p[f"p{kind.label}"])
     return maps, p
 
 
