@@ -219,7 +219,7 @@ class AnalysisSettings:
 
 DEFAULTS = AnalysisSettings(
     EstimationConfig(mask=None, smoothing_fwhm=None),
-    ParametricConfig(height_control="fpr", alpha=0.001, cluster_threshold=0, two_sided=False),
+    ParametricConfig(height_control="fpr", alpha=0.001, cluster_threshold=0, two_sided=True),
     PermutationConfig(n_perm=0, tfce=False, tfce_e=0.5, tfce_h=2.0, connectivity=6, cluster_forming_p=None,
                       seed=0, fwe_alpha=0.05, shuffle="auto", exchangeability_blocks=None, whole_block=False),
 )

@@ -111,7 +111,7 @@ def perm_run(run_cli, nilearn_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("boilerplate") / "perm"
     files = _render(run_cli, nilearn_dataset["root"], out, "--filter", "contrast=motor", "--covariates", "age", "score",
                     "--smoothing-fwhm", "6", "--n-perm", "60", "--tfce", "--tfce-e", "0.6", "--tfce-h", "1.5",
-                    "--cluster-forming-p", "0.005", "--seed", "3")
+                    "--cluster-forming-p", "0.005", "--seed", "3", "--one-sided")
     return out, files
 
 
@@ -120,7 +120,7 @@ def parametric_run(run_cli, nilearn_dataset, tmp_path_factory):
     """One-sample test, parametric only, Bonferroni."""
     out = tmp_path_factory.mktemp("boilerplate") / "parametric"
     return out, _render(run_cli, nilearn_dataset["root"], out, "--filter", "contrast=motor",
-                        "--height-control", "bonferroni", "--alpha", "0.05")
+                        "--height-control", "bonferroni", "--alpha", "0.05", "--one-sided")
 
 
 @pytest.fixture(scope="module")

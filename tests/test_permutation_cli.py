@@ -129,7 +129,7 @@ def near_tie(observed, maxima, rtol=1e-5):
 @pytest.fixture(scope="module")
 def one_sample(nilearn_dataset):
     """Arguments of the one-sample run with TFCE and clusters (first-level contrast motor)."""
-    return [nilearn_dataset["root"], "OUT", "group", "--filter", "contrast=motor", *SPATIAL, "--quiet"]
+    return [nilearn_dataset["root"], "OUT", "group", "--filter", "contrast=motor", *SPATIAL, "--one-sided", "--quiet"]
 
 
 def with_out(argv, out, *extra):

@@ -30,7 +30,7 @@ def report_run(example_dataset, tmp_path_factory):
     truth = example_dataset("nilearn")
     out = tmp_path_factory.mktemp("report") / "out"
     code = main([truth["root"], str(out), "group", "--filter", "contrast=motor", "--n-perm", "200", "--tfce",
-                 "--cluster-forming-p", "0.001", "--smoothing-fwhm", "8", "--quiet"])
+                 "--cluster-forming-p", "0.001", "--smoothing-fwhm", "8", "--one-sided", "--quiet"])
     assert code == 0
     (report,) = out.glob("model-*_report.html")
     return truth, out, report

@@ -129,8 +129,12 @@ def build_parser():
     inference.add_argument("--alpha", type=_alpha, default=None, help="error rate for --height-control (default 0.001)")
     inference.add_argument("--cluster-threshold", type=_non_negative_int, default=None, metavar="VOXELS",
                            help="minimum cluster size in voxels (default 0)")
-    inference.add_argument("--two-sided", action="store_const", const=True, default=None,
-                           help="test t-contrasts in both directions (default: positive tail)")
+    sided = inference.add_mutually_exclusive_group()
+    sided.add_argument("--two-sided", dest="two_sided", action="store_const", const=True, default=None,
+                       help="test t-contrasts in both tails (parametric thresholds: alpha/2 per tail; permutations: "
+                            "|t|); the default, as in nilearn's threshold_stats_img and permuted_ols")
+    sided.add_argument("--one-sided", dest="two_sided", action="store_const", const=False,
+                       help="test t-contrasts on the positive tail only (F-tests are always one-sided)")
 
     perm = parser.add_argument_group("Permutation inference (FWE: voxel max-statistic, cluster size/mass, TFCE)")
     perm.add_argument("--n-perm", type=_non_negative_int, default=None, metavar="N",
