@@ -1,5 +1,6 @@
 """Committing a run's results into OUTPUT_DIR: the lock that serialises
-concurrent runs, and the merge of the files they share.
+concurrent runs (held on OUTPUT_DIR/.bidsignore, so no lock file is left),
+and the merge of the files they share.
 """
 
 from __future__ import annotations
@@ -7,30 +8,107 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import uuid
 from pathlib import Path
 
 from bids_group_app.errors import OutputError
-from bids_group_app.outputs.dataset import merge_models
+from bids_group_app.outputs.dataset import bidsignore, merge_models
 from bids_group_app.outputs.naming import model_file, parse, sanitize_label
 
 
 @contextlib.contextmanager
 def output_lock(output_dir):
-    """Exclusive lock on OUTPUT_DIR (``.bids_group_app.lock``), for the short
-    step where a run commits its files and updates the shared ones."""
-    path = Path(output_dir) / ".bids_group_app.lock"
+    """Exclusive lock on OUTPUT_DIR, for the short step where a run commits
+    its files and updates the shared ones.
+
+    The lock is an ``fcntl.flock`` on ``OUTPUT_DIR/.bidsignore``, a file of
+    the dataset that every run writes anyway (here, under the lock and in
+    place, so it is never replaced by another file): no file is left in
+    OUTPUT_DIR just for locking.
+
+    Notes
+    -----
+    A regular file opened for writing, not the directory itself: on NFS a
+    flock on a regular file is forwarded to the server (as a lock on the
+    whole file) and serialises runs on different hosts, whereas a flock on
+    a directory stays local to each host. So runs are serialised across
+    hosts wherever flock is: local filesystems, NFS (unless mounted with
+    ``nolock`` or ``local_lock``), Lustre mounted with ``flock``. Should the
+    file be replaced while a run holds the lock (e.g. by an editor), the
+    runs waiting for it notice (another file at the path) and lock the new
+    one; a run in its critical section at that moment is then no longer
+    exclusive.
+    """
+    path = Path(output_dir) / ".bidsignore"
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
+        fd = lock_file(path)
     except OSError as err:
         raise OutputError(f"cannot lock {output_dir}: {err.strerror or err}") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        _write_in_place(fd, bidsignore(), path)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lock_file(path, wait=True):
+    """Open ``path`` (created if missing) and flock it exclusively.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    wait : bool
+        Wait for the lock; else return None at once if another open file
+        (of this or another process) holds it.
+
+    Returns
+    -------
+    int or None
+        The open file descriptor; closing it releases the lock.
+
+    Notes
+    -----
+    If the file is removed or replaced between the open and the lock, the
+    lock is on a file that is no longer ``path``: this starts again (and
+    raises FileNotFoundError if the folder is gone).
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_same_file(fd, path):
+            return fd
+        os.close(fd)
+
+
+def _is_same_file(fd, path):
+    """Whether the open file ``fd`` is (still) the file at ``path``."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def _write_in_place(fd, content, path):
+    """Make the file open as ``fd`` hold ``content`` (rewritten only if it differs)."""
+    try:
+        with open(fd, "r+", encoding="utf-8", closefd=False) as handle:
+            if handle.read() != content:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(content)
+    except (OSError, ValueError) as err:
+        raise OutputError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
 
 
 def read_existing(path):

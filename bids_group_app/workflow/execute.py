@@ -18,7 +18,6 @@ from bids_group_app.inference.parametric import atlas_provenance, threshold_cont
 from bids_group_app.inputs.data_matrix import build_data_matrix
 from bids_group_app.outputs.commit import model_label, output_lock, read_existing, relabel_model
 from bids_group_app.outputs.dataset import (
-    bidsignore,
     dataset_description,
     merge_descriptions,
     merge_models,
@@ -175,7 +174,6 @@ def _execute(plan_, config, argv):
             "Filters": plan_.filters,
             "SoftwareVersions": versions,
         })
-        writer.text(".bidsignore", bidsignore())
         # files that concurrent runs into the same OUTPUT_DIR share are merged
         # with what is there, under the lock, so no run clobbers another's
         with output_lock(plan_.output_dir):
