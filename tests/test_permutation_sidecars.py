@@ -27,7 +27,7 @@ def _run(run_cli, bids_dir, out, *extra):
 
 @pytest.fixture(scope="module")
 def one_sided(run_cli, nilearn_dataset, tmp_path_factory):
-    return _run(run_cli, nilearn_dataset["root"], tmp_path_factory.mktemp("perm_sidecars") / "one")
+    return _run(run_cli, nilearn_dataset["root"], tmp_path_factory.mktemp("perm_sidecars") / "one", "--one-sided")
 
 
 @pytest.fixture(scope="module")
