@@ -38,7 +38,7 @@ Run by hand::
 
     python benchmarks/null_fwe_rates.py --n-datasets 200 --n-perm 500 --seed 0
 
-``tests/test_null_rates.py`` (marked slow) calls :func:`null_fwe_rates`.
+``tests/stats/test_null_rates.py`` (marked slow) calls :func:`null_fwe_rates`.
 """
 
 from __future__ import annotations

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import pytest
 
 from bids_group_app.example_data import make_example_dataset
+from browser import Browser, chromium_path
 
 
 def invoke_cli(argv):
@@ -35,7 +38,7 @@ def invoke_cli(argv):
     Notes
     -----
     ``--no-reports`` is added (the statistics tests do not need the HTML
-    report, whose figures take seconds); tests/test_report.py renders them.
+    report, whose figures take seconds); tests/reporting/test_report.py renders them.
     """
     from bids_group_app.cli.run import main
 
@@ -113,3 +116,16 @@ def vbm_dataset(example_dataset):
 def mixed_dataset(example_dataset):
     """Layout (a) with mixed file formats (.nii, NIfTI-2, scaled int16, NaN background)."""
     return example_dataset("nilearn", mixed_formats=True)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium driven over the DevTools pipe (:mod:`browser`), for the report tests."""
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is required for the report tests in CI (apt-get install chromium)")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    browser = Browser(path)
+    yield browser
+    browser.close()

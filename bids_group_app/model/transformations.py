@@ -8,7 +8,7 @@ module does not implement is a UsageError naming it, never ignored.
 
 The results are those of PyBIDS's own transformations
 (``bids.modeling.transformations``, used by FitLins) on the same table,
-column names and order included (``tests/test_transformations.py`` checks
+column names and order included (``tests/model/test_transformations.py`` checks
 each option against PyBIDS):
 
 ``Demean``

@@ -2,27 +2,12 @@
 
 import html.parser
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bids_group_app.cli.run import main
-
-from browser import Browser, chromium_path
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = chromium_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is required for the report tests in CI (apt-get install chromium)")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    browser = Browser(path)
-    yield browser
-    browser.close()
 
 
 @pytest.fixture(scope="module")

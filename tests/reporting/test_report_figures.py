@@ -22,7 +22,6 @@ import pytest
 
 from bids_group_app.cli.run import main
 
-from test_report import chromium  # noqa: F401  (the module-scoped browser fixture)
 
 LONG_NAME = "scrambledOverFamousFacesAtInitialPresentation"
 

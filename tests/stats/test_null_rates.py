@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "null_fwe_rates.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "null_fwe_rates.py"
 
 
 def load_script():

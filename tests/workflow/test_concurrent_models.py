@@ -7,13 +7,8 @@ The job-array recipe of the README, as real concurrent processes.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
-
-import pytest
-
-from browser import Browser, chromium_path
 
 from bids_group_app.outputs.naming import parse
 
@@ -28,18 +23,6 @@ TASKS = [
 def _digests(folder):
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*.nii.gz"))}
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = chromium_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is required for the report tests in CI (apt-get install chromium)")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    browser = Browser(path)
-    yield browser
-    browser.close()
 
 
 def test_concurrent_models_and_cells_then_reports_only(nilearn_dataset, tmp_path, chromium):
