@@ -107,11 +107,6 @@ def cell_entities(group_values):
     return tuple(pairs)
 
 
-def cell_prefix(group_values):
-    """Filename part for a GroupBy cell, e.g. ``task-x_input-motor``."""
-    return _join(cell_entities(group_values))
-
-
 def join_name(prefix, *parts):
     """Join BIDS filename parts, skipping empty ones."""
     return "_".join(p for p in (prefix, *parts) if p)
@@ -212,9 +207,14 @@ class CellNames:
         return node_folder(self.node)
 
     @property
+    def label(self):
+        """The GroupBy values as they appear in file names (``task-x_input-motor``)."""
+        return _join(self.cell)
+
+    @property
     def key(self):
         """A stable identifier of the cell within a model (node and GroupBy values)."""
-        return join_name(self.folder, _join(self.cell))
+        return join_name(self.folder, self.label)
 
     def _name(self, extra, suffix, extension):
         return OutputName((("model", self.model), *self.cell, *extra), suffix, extension, self.folder).relpath

@@ -179,7 +179,7 @@ class CellResult:
     @property
     def prefix(self):
         """The GroupBy values, as they appear in file names."""
-        return "_".join(f"{k}-{v}" for k, v in self.names.cell)
+        return self.names.label
 
 
 def _read_json(path):

@@ -25,8 +25,6 @@ from bids_group_app.outputs.dataset import (
 )
 from bids_group_app.outputs.naming import (
     FWE_KINDS,
-    CellNames,
-    cell_entities,
     config_file,
     model_file,
     sanitize_label,
@@ -97,13 +95,9 @@ def _data_matrix(cell):
                              smoothing_fwhm=estimation.smoothing_fwhm)
 
 
-def _cell_names(plan_, cell):
-    return CellNames(plan_.model_label, cell.node.name, cell_entities(cell.group_values))
-
-
 def _write_cell(writer, cell, plan_, config, versions):
     design = cell.design
-    names = _cell_names(plan_, cell)
+    names = cell.names
     dm = _data_matrix(cell)
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
     common = {**design_sidecar(cell, plan_, dm), "SoftwareVersions": versions}
@@ -133,7 +127,7 @@ def compute_shards(plan_, config):
         blocks = nonparametric.resolve_blocks(cell)
         shufflings = nonparametric.cell_shufflings(cell, blocks)
         for contrast in cell.design.contrasts:
-            nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, config, _cell_names(plan_, cell).key)
+            nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, config, cell.names.key)
             saved += 1
     return saved
 

@@ -27,7 +27,7 @@ from bids_group_app.inputs.participants import MATCHED, join_participants, level
 from bids_group_app.model.design import build_design
 from bids_group_app.model.spec import auto_group_by, load_model, model_from_options, parse_model
 from bids_group_app.outputs.commit import model_label
-from bids_group_app.outputs.naming import cell_prefix, model_file, sanitize_label
+from bids_group_app.outputs.naming import CellNames, cell_entities, model_file, sanitize_label
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Cell:
     node: object
     group_values: dict
     design: object
-    prefix: str
+    names: CellNames  # its output file names
     settings: AnalysisSettings
 
 
@@ -225,22 +225,21 @@ def plan(config):
                                        chosen=labels or subject_filter or filters.get("subject"))
     result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report,
                   model_label=label)
-    prefixes = set()
+    keys = set()
     for node in model.nodes:
         rows = _apply_node_filters(joined, node)
         for group_values, cell_rows in _cells(rows, node, entity_columns):
             _check_collisions(cell_rows, node, group_values, entity_columns)
             design = build_design(cell_rows.reset_index(drop=True), node, entity_columns)
-            prefix = cell_prefix(group_values)
-            names = [sanitize_label(c.name) for c in design.contrasts]
-            duplicates = sorted({n for n in names if names.count(n) > 1})
+            names = CellNames(label, node.name, cell_entities(group_values))
+            contrasts = [sanitize_label(c.name) for c in design.contrasts]
+            duplicates = sorted({n for n in contrasts if contrasts.count(n) > 1})
             if duplicates:
                 raise UsageError(f"contrast names of node '{node.name}' collide once made BIDS labels: {', '.join(duplicates)}; rename them")
-            key = (sanitize_label(node.name), prefix)
-            if key in prefixes:
-                raise UsageError(f"two nodes are named '{key[0]}' once made BIDS labels; rename one")
-            prefixes.add(key)
-            result.cells.append(Cell(node, group_values, design, prefix, settings[node.name]))
+            if names.key in keys:
+                raise UsageError(f"two nodes are named '{sanitize_label(node.name)}' once made BIDS labels; rename one")
+            keys.add(names.key)
+            result.cells.append(Cell(node, group_values, design, names, settings[node.name]))
     LOGGER.info("planned %d model cell(s) from %d maps", len(result.cells), len(selected))
     return result
 

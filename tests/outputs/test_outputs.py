@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bids_group_app.errors import OutputError
-from bids_group_app.outputs.naming import cell_prefix, sanitize_label
+from bids_group_app.outputs.naming import CellNames, cell_entities, sanitize_label
 from bids_group_app.outputs.writer import OutputWriter
 
 
@@ -21,6 +21,10 @@ from bids_group_app.outputs.writer import OutputWriter
 def test_sanitize_label_gives_bids_alphanumerics(value, label):
     assert sanitize_label(value) == label
     assert sanitize_label(value).isalnum()
+
+
+def cell_prefix(group_values):
+    return CellNames("m", "n", cell_entities(group_values)).label
 
 
 def test_cell_prefix_uses_bids_keys_and_input_for_first_level_contrast():
