@@ -66,6 +66,7 @@ def _write_parametric(writer, cell, dm, labels, results, contrast, common, optio
     thresholded = threshold_contrast(
         z_img, dm.mask_img, height_control=options.height_control, alpha=options.alpha,
         cluster_threshold=options.cluster_threshold, two_sided=options.two_sided and contrast.test == "t",
+        connectivity=options.connectivity,
     )
     if thresholded is not None:
         img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
@@ -96,7 +97,7 @@ def _write_permutation(writer, dm, contrast, test, null, parametric, base, about
         keep = p[f"p{kind}"] <= options.fwe_alpha
         values = np.where(keep, parametric.stat, 0.0).astype(np.float32)  # the values of the stat-t/F map
         img = dm.masker.inverse_transform(values)
-        clusters = threshold_table(img, two_sided=test.two_sided)
+        clusters = threshold_table(img, connectivity=options.connectivity)
         _write_thresholded(writer, base, img, (stat_name, kind), clusters, {
             "Statistic": stat_name, "Thresholding": description, "FWEAlpha": options.fwe_alpha,
             "Atlas": atlas_provenance(),
