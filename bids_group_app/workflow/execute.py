@@ -57,6 +57,7 @@ def _write_parametric(writer, names, cell, dm, labels, results, contrast, common
     thresholded = threshold_contrast(
         z_img, dm.mask_img, height_control=parametric.height_control, alpha=parametric.alpha,
         cluster_threshold=parametric.cluster_threshold, two_sided=parametric.two_sided and contrast.test == "t",
+        connectivity=cell.settings.permutation.connectivity,
     )
     if thresholded is not None:
         img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
@@ -82,9 +83,10 @@ def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric
         keep = p[f"p{kind.label}"] <= settings.fwe_alpha
         values = np.where(keep, parametric.stat, 0.0).astype(np.float32)  # the values of the stat-t/F map
         img = dm.masker.inverse_transform(values)
-        clusters = threshold_table(img, two_sided=test.two_sided)
+        clusters = threshold_table(img, connectivity=settings.connectivity)
         _write_thresholded(writer, names, contrast.name, stat_name, kind.label, img, clusters, {
             "Statistic": stat_name, "Thresholding": kind.description, "FWEAlpha": settings.fwe_alpha,
+            "Connectivity": settings.connectivity,
             "Atlas": atlas_provenance(),
             "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
 

@@ -68,8 +68,9 @@ def contrast_about(contrast, design, maps):
 def clusters_sidecar(map_sidecar):
     """The sidecar of a cluster table: its columns and how its map was thresholded."""
     return {
-        "Description": "Clusters and sub-peaks (nilearn get_clusters_table) of the thresholded map, with "
-                       "anatomical labels; X/Y/Z in mm",
+        "Description": "Clusters of the thresholded map beside it (every non-zero voxel, connected with the "
+                       "map sidecar's Connectivity), their sub-peaks (nilearn's peak search) and anatomical "
+                       "labels; X/Y/Z in mm",
         "Columns": COLUMN_DESCRIPTIONS,
         **{k: v for k, v in map_sidecar.items() if k not in ("Inputs", "Subjects")},
     }

