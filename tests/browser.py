@@ -112,6 +112,11 @@ class Browser:
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=True)
         return result["result"].get("value")
 
+    def images(self):
+        """``[(src, loaded, natural width)]`` of every image of the page."""
+        return [tuple(i) for i in self.evaluate(
+            "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")]
+
     def errors(self):
         """Console errors, uncaught exceptions and failed loads seen since the last load."""
         found = []

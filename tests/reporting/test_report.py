@@ -71,8 +71,7 @@ def test_report_opens_in_chromium_without_errors(report_run, chromium):
     _, out, report = report_run
     chromium.load(report.resolve().as_uri(), settle=3.0)
     assert chromium.errors() == []
-    images = chromium.evaluate(
-        "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    images = chromium.images()
     assert len(images) >= 10
     assert all(complete and width > 0 for _, complete, width in images), images
     frames = chromium.evaluate("Array.from(document.querySelectorAll('iframe')).map(f => f.getAttribute('src'))")

@@ -49,8 +49,7 @@ def test_concurrent_models_and_cells_then_reports_only(nilearn_dataset, tmp_path
     for report in reports:
         chromium.load(report.resolve().as_uri(), settle=2.0)
         assert chromium.errors() == []
-        images = chromium.evaluate(
-            "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        images = chromium.images()
         assert len(images) >= 8
         assert all(complete and width > 0 for _, complete, width in images), images
         # both cells of this model, and only this model's figures
