@@ -37,7 +37,7 @@ def main(argv=None):
         ("python -c pass", [sys.executable, "-c", "pass"]),
         ("bids_group_app --version", [app, "--version"]),
         ("bids_group_app usage error (--alpha 2)", [app, "ds", "out", "group", "--alpha", "2"]),
-        ("bids_group_app unknown level (exit 17 needs the workflow)", [app, "ds", "out", "banana"]),
+        ("bids_group_app unknown level (exit 17)", [app, "ds", "out", "banana"]),
         ("python -c 'import nilearn.glm'", [sys.executable, "-c", "import nilearn.glm"]),
     ]
     print(f"| command | median s | worst s |  (n = {args.repeats})")
