@@ -13,7 +13,10 @@ Mask: by default the voxels that are finite and non-zero in every map.
 ``--mask`` (a file, or ``mni152-brain`` / ``mni152-gm`` for the templates
 that nilearn ships) is resampled with nearest-neighbour interpolation to the
 grid, binarised (non-zero), and intersected with the voxels finite in every
-map.
+map. Once the design is known, :func:`exclude_zero_variance` removes from
+the mask the voxels with no residual variance under it (t and F undefined
+there), with a warning and a count in :attr:`DataMatrix.excluded_zero_variance`;
+a cell where no voxel is left is a :class:`~bids_group_app.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from nilearn.image import resample_img
 from nilearn.maskers import NiftiMasker
 
 from bids_group_app.errors import DataError, MissingInputError
+from bids_group_app.stats.glm import zero_variance_voxels
 
 LOGGER = logging.getLogger(__name__)
 TEMPLATE_MASKS = ("mni152-brain", "mni152-gm")
@@ -44,12 +48,16 @@ class DataMatrix:
     mask_img : nibabel.Nifti1Image
     resampled : list of str
         Inputs that were resampled to the reference grid.
+    excluded_zero_variance : int
+        Voxels left out of the mask for having no residual variance under
+        the design (:func:`exclude_zero_variance`).
     """
 
     Y: np.ndarray
     masker: NiftiMasker
     mask_img: nib.Nifti1Image
     resampled: list
+    excluded_zero_variance: int = 0
 
 
 def load_map(path):
@@ -162,3 +170,49 @@ def build_data_matrix(paths, *, mask=None, smoothing_fwhm=None):
     imgs = nib.Nifti1Image(np.moveaxis(stack, 0, -1), affine)
     Y = masker.transform(imgs)
     return DataMatrix(Y=np.asarray(Y, dtype=np.float64), masker=masker, mask_img=mask_img, resampled=resampled)
+
+
+def exclude_zero_variance(dm, X, cell):
+    """Leave out of the mask the voxels with no residual variance under ``X``.
+
+    Their t and F are 0/0 (:func:`bids_group_app.stats.glm.zero_variance_voxels`);
+    without them nothing downstream (maps, thresholds, permutations) sees
+    them. Masking commutes with nilearn's smoothing (applied to whole
+    images first), so the remaining columns of ``Y`` are what the smaller
+    mask gives; when no voxel is excluded ``dm`` is returned unchanged.
+
+    Parameters
+    ----------
+    dm : DataMatrix
+    X : numpy.ndarray of shape (n_maps, n_columns)
+        The design matrix of the cell.
+    cell : str
+        Names the cell in the warning and the error.
+
+    Returns
+    -------
+    DataMatrix
+
+    Raises
+    ------
+    DataError
+        When no voxel of the mask has residual variance (e.g. every map is
+        the same image).
+    """
+    flat = zero_variance_voxels(dm.Y, X)
+    n_flat = int(flat.sum())
+    if n_flat == 0:
+        return dm
+    if n_flat == flat.size:
+        raise DataError(f"{cell}: none of the {flat.size} voxels of the mask has residual variance under the design "
+                        f"(the {len(dm.Y)} maps are identical, or fitted exactly by the design); nothing to test")
+    LOGGER.warning("%s: %d voxels have no residual variance under the design (the same value in every map, or "
+                   "fitted exactly by it); they are left out of the mask, as t and F are undefined there",
+                   cell, n_flat)
+    mask_data = np.asarray(dm.mask_img.dataobj) != 0
+    mask_data[mask_data] = ~flat  # the masker's voxel order is the mask's C order
+    mask_img = nib.Nifti1Image(mask_data.astype(np.uint8), dm.mask_img.affine)
+    masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=dm.masker.smoothing_fwhm, standardize=None)
+    masker.fit()
+    return DataMatrix(Y=dm.Y[:, ~flat], masker=masker, mask_img=mask_img, resampled=dm.resampled,
+                      excluded_zero_variance=n_flat)

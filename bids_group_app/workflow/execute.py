@@ -15,7 +15,7 @@ import numpy as np
 
 from bids_group_app.inference import nonparametric
 from bids_group_app.inference.parametric import atlas_provenance, threshold_contrast, threshold_table
-from bids_group_app.inputs.data_matrix import build_data_matrix
+from bids_group_app.inputs.data_matrix import build_data_matrix, exclude_zero_variance
 from bids_group_app.outputs.commit import model_label, output_lock, read_existing, relabel_model
 from bids_group_app.outputs.dataset import (
     dataset_description,
@@ -93,8 +93,9 @@ def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric
 
 def _data_matrix(cell):
     estimation = cell.settings.estimation
-    return build_data_matrix(list(cell.design.rows["path"]), mask=estimation.mask,
-                             smoothing_fwhm=estimation.smoothing_fwhm)
+    dm = build_data_matrix(list(cell.design.rows["path"]), mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm)
+    where = ", ".join(f"{key}={value}" for key, value in (cell.group_values or {}).items())
+    return exclude_zero_variance(dm, cell.design.matrix.to_numpy(), f"node '{cell.node.name}'" + (f" ({where})" if where else ""))
 
 
 def _write_cell(writer, cell, plan_, config, versions):

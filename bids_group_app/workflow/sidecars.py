@@ -21,6 +21,9 @@ def design_sidecar(cell, plan_, dm):
     ``ParticipantsWithoutMaps`` lists the participants.tsv rows with no
     selected map among the subjects the user selected; rows left out by
     ``--participant-label`` or the model's Input ``subject`` are not in it.
+    ``Mask.NumberOfVoxels`` counts the voxels analysed; ``Mask.ExcludedZeroVariance``
+    the voxels of the source mask left out for having no residual variance
+    under the design.
     """
     design = cell.design
     estimation = cell.settings.estimation
@@ -39,7 +42,8 @@ def design_sidecar(cell, plan_, dm):
         ],
         "ParticipantsWithoutMaps": plan_.participants_report.get("without_maps", []),
         "SubjectsWithoutParticipantsRow": plan_.participants_report.get("without_row", []),
-        "Mask": {"Source": estimation.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1])},
+        "Mask": {"Source": estimation.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1]),
+                 "ExcludedZeroVariance": dm.excluded_zero_variance},
         "SmoothingFWHM": estimation.smoothing_fwhm,
         "ResampledInputs": [relative_input(p, plan_.derivatives) for p in dm.resampled],
     }
