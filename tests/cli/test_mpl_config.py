@@ -82,3 +82,22 @@ def test_a_user_set_mplconfigdir_is_used(nilearn_dataset, tmp_path):
     (design, *_) = sorted((tmp_path / "out").glob("figures/*_design.png"))
     assert _red_fraction(design) > 0.01, "the user's own MPLCONFIGDIR was not honoured"
     assert _listing(tmpdir) == []
+
+
+def test_private_mplconfigdir_is_fresh_private_and_removed(tmp_path, monkeypatch):
+    from bids_group_app.cli.run import private_mplconfigdir
+
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    work = tmp_path / "work" / "deeper"
+    with private_mplconfigdir(work) as folder:
+        assert Path(folder).parent == work and os.environ["MPLCONFIGDIR"] == folder
+        assert Path(folder).stat().st_mode & 0o777 == 0o700
+        (Path(folder) / "fontlist.json").write_text("{}")
+        with private_mplconfigdir(work) as inner:  # nested: the variable is set, so it is used
+            assert inner == folder
+    assert not Path(folder).exists() and "MPLCONFIGDIR" not in os.environ
+    assert list(work.iterdir()) == []
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mine"))
+    with private_mplconfigdir(work) as folder:
+        assert folder == str(tmp_path / "mine")
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "mine")
