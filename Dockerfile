@@ -18,7 +18,10 @@ ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE} AS base
 
 # Everything that may write goes to /tmp (a tmpfs with --read-only), nothing to $HOME or the
-# image: matplotlib's font cache, XDG caches, nilearn's data folder, joblib's memmaps, tempfile.
+# image: XDG caches, nilearn's data folder, joblib's memmaps, tempfile. MPLCONFIGDIR is not set:
+# each run gives matplotlib a private folder (mode 0700, in -w or $TMPDIR, removed at the end),
+# because under Apptainer /tmp is the host's /tmp, shared with every user of the node, where a
+# fixed /tmp/matplotlib could hold another user's matplotlibrc.
 # PyBIDS writes only where --bids-database-dir points; the app's scratch is --work-dir or $TMPDIR.
 # PATH is spelled out: an image made with `podman import` (debootstrap) has no PATH of its own.
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -27,7 +30,6 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     TMPDIR=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib \
     MPLBACKEND=Agg \
     XDG_CACHE_HOME=/tmp/.cache \
     XDG_CONFIG_HOME=/tmp/.config \

@@ -1,13 +1,25 @@
-"""Entry point: parse, run the workflow, map errors to BIDS exit codes."""
+"""Entry point: parse, run the workflow, map errors to BIDS exit codes.
+
+Matplotlib (the report's figures) reads its configuration and writes its
+font cache in ``MPLCONFIGDIR``. A run gives it a private folder of its own
+(:func:`private_mplconfigdir`): created fresh with mode 0700 in ``-w`` (or
+``$TMPDIR``) and removed when the run ends, so no ``matplotlibrc`` left in a
+shared, predictable folder is read and nothing is left behind. A
+``MPLCONFIGDIR`` set by the user is used as it is.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
-from bids_group_app.errors import AppError
+from bids_group_app.errors import AppError, OutputError
 
 LOGGER = logging.getLogger("bids_group_app")
 
@@ -20,6 +32,60 @@ def _configure_logging(verbose, quiet):
         logging.getLogger("nilearn").setLevel(logging.WARNING)
 
 
+def _mpl_parent(work_dir):
+    """The folder for the private matplotlib folder: ``-w`` (created) or None for ``$TMPDIR``.
+
+    A ``-w`` that cannot be created gives None: the workflow then reports
+    it (exit 73) before anything is drawn.
+    """
+    if work_dir is None:
+        return None
+    try:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(work_dir)
+
+
+@contextmanager
+def private_mplconfigdir(work_dir=None):
+    """Point ``MPLCONFIGDIR`` at a fresh private folder for the duration of the block.
+
+    Must be entered before matplotlib is imported (it reads the variable
+    once). Left alone when the user set ``MPLCONFIGDIR``.
+
+    Parameters
+    ----------
+    work_dir : path-like, optional
+        ``-w``: the folder is made there, else in ``$TMPDIR``.
+
+    Yields
+    ------
+    str
+        The folder matplotlib uses.
+
+    Raises
+    ------
+    OutputError
+        When the folder cannot be created (exit 73).
+    """
+    if os.environ.get("MPLCONFIGDIR"):
+        yield os.environ["MPLCONFIGDIR"]
+        return
+    parent = _mpl_parent(work_dir)
+    try:
+        folder = tempfile.mkdtemp(prefix="bids_group_app-mpl-", dir=parent)  # mode 0700, unpredictable name
+    except OSError as err:
+        raise OutputError(f"cannot create a temporary folder in {parent or tempfile.gettempdir()}: "
+                          f"{err.strerror or err}") from None
+    os.environ["MPLCONFIGDIR"] = folder
+    try:
+        yield folder
+    finally:
+        os.environ.pop("MPLCONFIGDIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv=None):
     """Run ``bids_group_app``; returns the process exit code.
 
@@ -30,15 +96,15 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "bids_group_app-mpl"))
     try:
         from bids_group_app.cli.parser import parse_args
 
         config = parse_args(argv)
         _configure_logging(config.resources.verbose, config.resources.quiet)
-        from bids_group_app.workflow import run  # heavy imports only once the command line is valid
+        with private_mplconfigdir(config.resources.work_dir):
+            from bids_group_app.workflow import run  # heavy imports only once the command line is valid
 
-        written = run(config, argv)
+            written = run(config, argv)
     except AppError as err:
         if verbose:
             LOGGER.exception("bids_group_app failed")

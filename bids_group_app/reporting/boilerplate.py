@@ -309,8 +309,14 @@ class Bibliography:
 # --------------------------------------------------------------------------
 # Markdown text and its HTML
 # --------------------------------------------------------------------------
+def _one_line(value):
+    """``value`` as text with its line breaks made spaces: a value cannot open a markdown block."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(value))
+
+
 def _escape(value):
-    return re.sub(r"([\\`*_\[\]<])", r"\\\1", str(value))
+    """A value as markdown text: its markup characters backslash-escaped, on one line."""
+    return re.sub(r"([\\`*_\[\]<])", r"\\\1", _one_line(value))
 
 
 def _finalize(value):
@@ -320,7 +326,7 @@ def _finalize(value):
 
 
 def _code(value):
-    return _Raw(f"`{str(value).replace('`', chr(39))}`")
+    return _Raw(f"`{_one_line(value).replace('`', chr(39))}`")
 
 
 def render_markdown(context, bibliography):

@@ -122,15 +122,43 @@ def inference_label(kind, statistic, two_sided=False):
     return f"{FWE_LABELS[kind]} ({'max' if kind == 'maxt' else 'on'} {stat})"
 
 
+def plain_text(text):
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so no mathtext is parsed.
+
+    Matplotlib reads a string with an even number of unescaped ``$`` as
+    mathtext (``"a$b$"`` draws an italic b, ``"$\\frac{$"`` raises); with each
+    ``$`` written ``\\$`` none is unescaped, and matplotlib draws each ``\\$``
+    as ``$``, so the text appears exactly as given (a ``\\`` before a ``$``
+    included). Figures are drawn with ``text.usetex`` off (see
+    :func:`render_model_report`), so no TeX reads it either.
+
+    Parameters
+    ----------
+    text : str
+        A user string: a contrast name, a design column name.
+
+    Returns
+    -------
+    str
+    """
+    return str(text).replace("$", r"\$")
+
+
 def _figure_title(name, what, limit=48):
     """``"<contrast>: <what>"``, the contrast name shortened with "…" to keep it within ``limit`` characters.
 
     A longer title runs over the colour bar of the slices (its top tick
-    label disappears); the full name heads the report's section.
+    label disappears); the full name heads the report's section. The title
+    is :func:`plain_text`.
     """
     room = max(limit - len(what) - 2, 8)
     short = name if len(name) <= room else name[: room - 1] + "…"
-    return f"{short}: {what}"
+    return plain_text(f"{short}: {what}")
+
+
+def _plain_columns(design):
+    """The design with :func:`plain_text` column names, for the figures that label its columns."""
+    return design.rename(columns=plain_text)
 
 
 def _upper_half(cmap):
@@ -258,11 +286,11 @@ class _Figures:
 
         width = min(2 + 0.35 * cell.design.shape[1], 14)
         figure, axes = plt.subplots(figsize=(width, 5))
-        plot_design_matrix(cell.design, axes=axes)
+        plot_design_matrix(_plain_columns(cell.design), axes=axes)
         design = self._save(figure, cell.names.figure("design"))
         correlation = None
         if cell.design.shape[1] > 1 and cell.design.shape[1] <= 40:
-            ax = plot_design_matrix_correlation(cell.design)
+            ax = plot_design_matrix_correlation(_plain_columns(cell.design))
             correlation = self._save(ax.figure, cell.names.figure("corrdesign"))
         return design, correlation
 
@@ -273,8 +301,9 @@ class _Figures:
         paths = []
         for contrast in cell.contrasts:
             weights = np.atleast_2d(contrast.sidecar["Contrast"]["Weights"])
-            ax = plot_contrast_matrix(weights if len(weights) > 1 else weights[0], design_matrix=cell.design)
-            ax.set_title(contrast.name, fontsize=9)
+            ax = plot_contrast_matrix(weights if len(weights) > 1 else weights[0],
+                                      design_matrix=_plain_columns(cell.design))
+            ax.set_title(plain_text(contrast.name), fontsize=9)
             paths.append((contrast.name, self._save(ax.figure, cell.names.figure("contrast", contrast.label))))
             plt.close("all")
         return paths
@@ -368,19 +397,8 @@ def _table_html(frame):
     return frame.to_html(index=False, classes="clusters", border=0, na_rep="", float_format=lambda v: f"{v:.2f}")
 
 
-def render_model_report(output_dir, model_path, target_dir=None):
-    """Render ``model-<name>_report.html`` and its figures.
-
-    Reads OUTPUT_DIR; writes into ``target_dir`` (default OUTPUT_DIR), whose
-    layout mirrors OUTPUT_DIR (a staging folder moved into place later).
-    Returns the written paths relative to ``target_dir``.
-    """
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    output_dir = Path(output_dir)
-    target_dir = Path(target_dir or output_dir)
-    model, cells = collect(output_dir, model_path)
-    figures = _Figures(target_dir)
+def _sections(cells, figures):
+    """The report's sections, one per cell, with their figures drawn by ``figures`` (:class:`_Figures`)."""
     sections = []
     for cell in cells:
         design, correlation = figures.design(cell)
@@ -415,6 +433,30 @@ def render_model_report(output_dir, model_path, target_dir=None):
             "mask": figures.mask(cell), "sidecar": cell.sidecar, "contrasts": contrasts,
             "n_maps": cell.sidecar.get("NumberOfMaps"),
         })
+    return sections
+
+
+def render_model_report(output_dir, model_path, target_dir=None):
+    """Render ``model-<name>_report.html`` and its figures.
+
+    Reads OUTPUT_DIR; writes into ``target_dir`` (default OUTPUT_DIR), whose
+    layout mirrors OUTPUT_DIR (a staging folder moved into place later).
+    Returns the written paths relative to ``target_dir``.
+
+    User strings never become code: the page is rendered with autoescaping,
+    the viewer pages hold the contrast name only in their escaped
+    ``<title>``, and figures draw names as :func:`plain_text`, with
+    ``text.usetex`` off whatever the matplotlib configuration says.
+    """
+    import matplotlib
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    output_dir = Path(output_dir)
+    target_dir = Path(target_dir or output_dir)
+    model, cells = collect(output_dir, model_path)
+    figures = _Figures(target_dir)
+    with matplotlib.rc_context({"text.usetex": False}):
+        sections = _sections(cells, figures)
     environment = Environment(loader=FileSystemLoader(str(template_dir())),
                               autoescape=select_autoescape(["html", "j2"]))
     config_path = latest_config(output_dir)
