@@ -6,7 +6,8 @@
 #
 # The base image is a build argument so that a local base can be used where no registry is
 # reachable (scripts/container_test.sh builds one with debootstrap: Debian bookworm, python3 3.11,
-# python3-venv). Any base with python3 >= 3.11 and the venv module works.
+# python3-venv). Any base with python3 3.11 or 3.12 and the venv module works: requirements/image.txt
+# pins wheels for those two.
 #
 # Stages: base (runtime environment and user) -> build (venv with the app and pip; no compiler:
 # the compiled dependencies ship manylinux wheels) -> venv (pip/setuptools removed,
@@ -52,16 +53,20 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN python3 -m venv /opt/venv
 
-# Dependencies first (their own layer: a code change does not reinstall them).
-COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /src/requirements.txt \
- && /opt/venv/bin/python -m pip install -r /src/requirements.txt
+# Dependencies first (their own layer: a code change does not reinstall them): the exact pins of
+# requirements/image.txt, every package and version the image holds (regenerate them with
+# scripts/pin_image_requirements.sh), so that a rebuild gives the same environment.
+COPY requirements/image.txt /src/requirements/image.txt
+RUN /opt/venv/bin/python -m pip install -r /src/requirements/image.txt
 
+COPY pyproject.toml /src/pyproject.toml
 COPY README.md /src/README.md
 COPY boilerplate /src/boilerplate
 COPY bids_group_app /src/bids_group_app
+# --no-deps: the dependencies are the pinned ones above; pip check fails the build when they no
+# longer satisfy pyproject.toml (a raised floor: rerun scripts/pin_image_requirements.sh).
 RUN /opt/venv/bin/python -m pip install --no-deps /src \
+ && /opt/venv/bin/python -m pip check \
  && /opt/venv/bin/python -m pip install --target /opt/pytest "pytest>=7.4"
 
 ############################################################################################
