@@ -417,7 +417,8 @@ class ContrastTest:
     def _observe(self):
         n = self.prep.residuals.shape[0]
         identity = (np.arange(n, dtype=np.int32)[None], np.ones((1, n), dtype=np.int8))
-        stat = self._maps(*identity)[0]
+        with threadpool_limits(limits=1):  # as the null batches: the sums' order must not follow --n-cpus
+            stat = self._maps(*identity)[0]
         observed = Observed(stat=stat, compared=_compared(stat, self.prep, self.settings.two_sided))
         s = self.settings
         if s.tfce:
