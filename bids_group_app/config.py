@@ -303,11 +303,19 @@ def _check(condition, where, key, value, valid):
 
 
 def _is_number(value, integer=False):
+    """True for a finite int or float (not a bool); with ``integer``, a whole number.
+
+    JSON gives NaN and infinities (``NaN``, ``Infinity``, ``1e999``) as
+    floats and arbitrarily large integers as ints (never converted to float
+    here: that would overflow).
+    """
     import math
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return math.isfinite(value) and (not integer or float(value).is_integer())
+    if isinstance(value, int):
+        return True
+    return math.isfinite(value) and (not integer or value.is_integer())
 
 
 def check_settings(settings, where):

@@ -12,6 +12,7 @@ imported here: ``--version`` and usage errors answer at once.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from bids_group_app import __version__
@@ -50,13 +51,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _bounded(convert, low=None, high=None, *, low_inclusive=True):
-    """An argparse type: ``convert`` then check ``low <= value < high``."""
+    """An argparse type: ``convert`` then check that the value is finite and ``low <= value < high``.
+
+    NaN and infinities are refused whatever the bounds (a comparison with
+    NaN is always false, so bounds alone would let it through).
+    """
 
     def check(text):
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {convert.__name__}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if low is not None and (value < low if low_inclusive else value <= low):
             raise argparse.ArgumentTypeError(f"must be {'>=' if low_inclusive else '>'} {low}, got {text}")
         if high is not None and value >= high:

@@ -77,7 +77,19 @@ def load_map(path):
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"{path} has shape {data.shape}; each input must be one 3-D map")
+    check_affine(img.affine, path)
     return data, img.affine
+
+
+def check_affine(affine, path):
+    """Raise DataError unless ``affine`` maps voxels to space: finite, with an invertible 3x3 part.
+
+    An all-zero or NaN affine (a broken header) has no position in space:
+    grids cannot be compared or resampled, nor coordinates reported.
+    """
+    affine = np.asarray(affine, dtype=float)
+    if not np.isfinite(affine).all() or np.linalg.det(affine[:3, :3]) == 0:
+        raise DataError(f"{path} has an unusable affine (voxel-to-world matrix with NaN, infinite or all-zero/degenerate axes); fix its header (sform/qform)")
 
 
 def _same_grid(shape_a, affine_a, shape_b, affine_b):
@@ -130,6 +142,7 @@ def load_mask(mask, shape, affine):
             img = nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine)
         if len(img.shape) != 3:
             raise DataError(f"mask {mask} has shape {img.shape}; a mask is one 3-D image")
+        check_affine(img.affine, f"mask {mask}")
     img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
     resampled = resample_img(img, target_affine=affine, target_shape=shape, interpolation="nearest",
                              force_resample=True, copy_header=True)

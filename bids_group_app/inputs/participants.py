@@ -12,6 +12,8 @@ from bids_group_app.inputs.index import ANY_VALUE
 
 LOGGER = logging.getLogger(__name__)
 MATCHED = "_in_participants"
+#: Cell texts (after stripping whitespace) that are missing values.
+MISSING_TEXTS = ("n/a", "N/A", "NaN", "nan", "")
 
 
 def strip_sub(label):
@@ -26,18 +28,28 @@ def read_participants(bids_dir):
     Returns
     -------
     pandas.DataFrame
-        Indexed by participant label (without ``sub-``). Columns whose
-        non-missing values all parse as numbers are float; others are
-        strings. ``n/a`` and empty cells are missing. An empty frame when the
-        file does not exist.
+        Indexed by participant label (without ``sub-``). Leading and
+        trailing whitespace of headers and cells is stripped (``M `` is
+        ``M``), as BIDS tools do. Columns whose non-missing values all parse
+        as numbers are float; others are strings. ``n/a`` and empty cells
+        are missing. An empty frame when the file does not exist.
+
+    Raises
+    ------
+    DataError
+        When the file is empty or not a table, lacks ``participant_id``,
+        repeats a column or a participant, or has an infinite number.
     """
     path = bids_dir / "participants.tsv"
     if not path.is_file():
         return pd.DataFrame(index=pd.Index([], name="participant_id", dtype=object))
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", "N/A", "NaN", "nan", ""], keep_default_na=False)
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty; it needs a header line with participant_id") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
         raise DataError(f"{path} is not a readable tab-separated table: {err}") from None
+    table = _stripped(table, path)
     if "participant_id" not in table.columns:
         raise DataError(f"{path} has no participant_id column (columns: {', '.join(table.columns)})")
     table["participant_id"] = table["participant_id"].map(strip_sub)
@@ -49,9 +61,29 @@ def read_participants(bids_dir):
         numeric = pd.to_numeric(table[column], errors="coerce")
         if numeric.notna().sum() == table[column].notna().sum():
             table[column] = numeric.astype(float)
+            _check_finite(table[column], path)
         else:
             table[column] = table[column].astype(object)
     return table
+
+
+def _stripped(table, path):
+    """Headers and cells without surrounding whitespace; missing texts become NaN."""
+    columns = [str(c).strip() for c in table.columns]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path} has column(s) {', '.join(repeated)} more than once (headers are compared without surrounding spaces)")
+    table.columns = columns
+    table = table.apply(lambda column: column.str.strip())
+    return table.mask(table.isin(MISSING_TEXTS))
+
+
+def _check_finite(column, path):
+    """Raise DataError naming the participants whose number is infinite."""
+    infinite = column.index[np.isinf(column.to_numpy())].tolist()
+    if infinite:
+        raise DataError(f"{path} column '{column.name}' has an infinite value for {', '.join(map(str, infinite))}; "
+                        "give a finite number, or n/a for a missing value")
 
 
 def join_participants(maps, participants, entity_columns, chosen=None):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bids_group_app.errors import DataError
+from bids_group_app.errors import DataError, UsageError
 from bids_group_app.inputs.participants import MATCHED, is_numeric, levels
 from bids_group_app.model.transformations import apply_transformations, public_columns
 
@@ -153,8 +153,8 @@ def resolve_contrasts(node, columns):
     """Contrasts of a node as weight matrices over ``columns``.
 
     DummyContrasts give one t-contrast per listed column (all columns except
-    subject indicators when no list is given); an explicit contrast of the
-    same name replaces a dummy one.
+    subject indicators when no list is given); an explicit contrast named
+    like a dummy one is a UsageError (one of them would be lost).
     """
     resolved = {}
     if node.dummy_contrasts is not None:
@@ -167,6 +167,8 @@ def resolve_contrasts(node, columns):
             weights[0, columns.index(name)] = 1.0
             resolved[name] = Contrast(name, "t", weights)
     for spec in node.contrasts:
+        if spec.name in resolved:
+            raise UsageError(f"node '{node.name}': contrast '{spec.name}' has the name of a DummyContrasts contrast; rename it")
         unknown = [c for c in spec.conditions if c not in columns]
         if unknown:
             raise DataError(

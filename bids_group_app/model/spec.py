@@ -115,8 +115,9 @@ def _filter_dict(raw, where):
 def _parse_weights(weights, n_conditions, where):
     try:
         arr = np.atleast_2d(np.asarray(weights, dtype=float))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(f"{where}: Weights must be numbers or a list of rows of numbers, got {weights!r}") from None
+    _require(np.isfinite(arr).all(), f"{where}: Weights must be finite numbers (no NaN or infinity), got {weights!r}")
     _require(
         arr.ndim == 2 and arr.shape[1] == n_conditions,
         f"{where}: Weights have {arr.shape[-1]} columns but ConditionList has {n_conditions} entries",
@@ -145,7 +146,7 @@ def _parse_transformations(raw, where):
     if isinstance(raw, dict):
         transformer = raw.get("Transformer", "pybids-transforms-v1")
         _require(
-            transformer.startswith("pybids-transforms"),
+            isinstance(transformer, str) and transformer.startswith("pybids-transforms"),
             f"{where}.Transformer {transformer!r} is not supported; use 'pybids-transforms-v1'",
         )
         raw = raw.get("Instructions", [])
@@ -161,6 +162,13 @@ def _parse_transformations(raw, where):
     return raw
 
 
+def _require_unique_contrasts(contrasts, where):
+    """Refuse two Contrasts of one name (one would silently replace the other)."""
+    names = [c.name for c in contrasts]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    _require(not duplicated, f"{where}: contrast name(s) {', '.join(duplicated)} used more than once; give each contrast its own Name")
+
+
 def _parse_node(raw, index, edge_filters):
     where = f"Nodes[{index}]"
     name = str(raw.get("Name", f"node{index}"))
@@ -170,7 +178,10 @@ def _parse_node(raw, index, edge_filters):
     x = _as_list(model["X"])
     _require(x, f"{where} '{name}': Model.X is empty")
     x = ["intercept" if v in (1, "1") else str(v) for v in x]
-    contrasts = [parse_contrast(c, f"{where} '{name}' Contrasts[{i}]") for i, c in enumerate(raw.get("Contrasts") or [])]
+    contrasts_raw = raw.get("Contrasts") or []
+    _require(isinstance(contrasts_raw, list), f"{where} '{name}': Contrasts must be a list of contrast objects")
+    contrasts = [parse_contrast(c, f"{where} '{name}' Contrasts[{i}]") for i, c in enumerate(contrasts_raw)]
+    _require_unique_contrasts(contrasts, f"{where} '{name}'")
     dummy = raw.get("DummyContrasts")
     if dummy is True:
         dummy = {"Test": "t"}
@@ -212,6 +223,7 @@ def parse_model(document):
     nodes_raw = document.get("Nodes")
     _require(isinstance(nodes_raw, list) and nodes_raw, "the model has no Nodes list")
     edge_filters = {}
+    _require(isinstance(document.get("Edges") or [], list), "the model's Edges must be a list of edge objects")
     for edge in document.get("Edges") or []:
         if isinstance(edge, dict) and edge.get("Filter"):
             edge_filters[str(edge.get("Destination"))] = _filter_dict(edge["Filter"], "Edges[].Filter")
@@ -245,6 +257,8 @@ def load_model(path):
         raise UsageError(f"model file {path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"model file {path} cannot be read: {err}") from None
+    except RecursionError:
+        raise UsageError(f"model file {path} is nested too deeply to be a BIDS Stats Model") from None
     return parse_model(document)
 
 
@@ -323,7 +337,13 @@ def contrast_from_option(text):
             continue
         except (ValueError, ZeroDivisionError):
             pass
-        if parse_expression(row) is None:
+        except OverflowError:
+            raise UsageError(f"--contrast {name}: a weight in {row.strip()!r} is too large to be a finite number") from None
+        try:
+            expression = parse_expression(row)
+        except OverflowError:
+            raise UsageError(f"--contrast {name}: a coefficient in {row.strip()!r} is too large to be a finite number") from None
+        if expression is None:
             raise UsageError(
                 f"--contrast {name}: {row.strip()!r} is neither comma-separated weights nor an expression of design columns like 'patient-control'"
             )

@@ -77,8 +77,13 @@ class OutputWriter:
         self.written.extend(Path(p) for p in relpaths)
 
     def json(self, relpath, content):
-        """Stage a JSON file."""
-        self._target(relpath).write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
+        """Stage a strict JSON file: a missing or non-finite number (NaN, inf) is written ``null``.
+
+        JSON has no NaN or Infinity; Python would write the non-standard
+        tokens ``NaN``/``Infinity`` that strict parsers refuse.
+        """
+        text = json.dumps(_finite_or_null(content), indent=2, default=_json_default, allow_nan=False)
+        self._target(relpath).write_text(text + "\n")
 
     def text(self, relpath, content):
         """Stage a text file."""
@@ -185,6 +190,19 @@ def _test_commit_delay():
     if delay:
         LOGGER.warning("%s=%s (test only): waiting before the commit", TEST_COMMIT_DELAY, delay)
         time.sleep(float(delay))
+
+
+def _finite_or_null(value):
+    """``value`` with every non-finite float (Python or NumPy, in dicts, lists, tuples, arrays) as None."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return _finite_or_null(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _json_default(value):

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from bids_group_app.cli.run import main
@@ -38,6 +40,19 @@ RUN2_NAME = "sub-02_task-localizer_run-2_contrast-motor_stat-effect_statmap.nii.
 ERROR_PREFIX = "bids_group_app: error: "
 LOG_LINE = re.compile(r"^\d{2}:\d{2}:\d{2} \[[A-Z]+\] ")  # cli.run's logging format
 STAGING = ".bids_group_app-staging-*"
+
+def _contrast_model(contrasts, dummy=None, **node):
+    """A one-node regression model on age with these Contrasts (and node fields, Model.Software)."""
+    software = node.pop("Software", None)
+    model = {"Type": "glm", "X": [1, "age"], **({"Software": software} if software else {})}
+    body = {"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"], "Model": model,
+            "Contrasts": contrasts, **node}
+    if dummy is not None:
+        body["DummyContrasts"] = dummy
+    elif contrasts == []:
+        body["DummyContrasts"] = {"Test": "t"}
+    return {"Name": "badValues", "BIDSModelVersion": "1.0.0", "Nodes": [body]}
+
 
 MODELS = {
     "invalid_json": '{"Name": "broken", "Nodes": [\n',
@@ -64,6 +79,27 @@ MODELS = {
         "Nodes": [{"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
                    "Model": {"Type": "glm", "X": [1, "sex"]}, "DummyContrasts": {"Test": "t"}}],
     },
+    # numbers that are not finite: Python's json reads NaN and 1e999 (inf)
+    "nan_weight": json.dumps(_contrast_model([{"Name": "nanWeight", "ConditionList": ["age"], "Weights": [7.5], "Test": "t"}]))
+    .replace("7.5", "NaN"),
+    "inf_weight": json.dumps(_contrast_model([{"Name": "infWeight", "ConditionList": ["age"], "Weights": [7.5], "Test": "t"}]))
+    .replace("7.5", "1e999"),
+    "huge_int_weight": json.dumps(_contrast_model([{"Name": "hugeWeight", "ConditionList": ["age"], "Weights": [10**400], "Test": "t"}])),
+    "nan_setting": json.dumps(_contrast_model([], Software={"bids_group_app": {"Alpha": 7.5}})).replace("7.5", "NaN"),
+    "huge_int_setting": _contrast_model([], Software={"bids_group_app": {"Alpha": 10**400}}),
+    # two contrasts of one name; a contrast named like a DummyContrast
+    "duplicate_contrast": _contrast_model([{"Name": "ageEffect", "ConditionList": ["age"], "Weights": [1], "Test": "t"},
+                                           {"Name": "ageEffect", "ConditionList": ["age"], "Weights": [-1], "Test": "t"}]),
+    "contrast_named_like_dummy": _contrast_model([{"Name": "age", "ConditionList": ["age"], "Weights": [-1], "Test": "t"}],
+                                                 dummy={"Test": "t"}),
+    # fields of the wrong type
+    "transformer_number": _contrast_model([], Transformations={"Transformer": 5, "Instructions": []}),
+    "input_number": _contrast_model([], Transformations={"Transformer": "pybids-transforms-v1",
+                                                         "Instructions": [{"Name": "Demean", "Input": 5}]}),
+    "constraint_number": _contrast_model([], Transformations={"Transformer": "pybids-transforms-v1",
+                                                              "Instructions": [{"Name": "Factor", "Input": ["sex"], "Constraint": 3}]}),
+    "contrasts_number": _contrast_model(5),
+    "deep": "[" * 100_000 + "]" * 100_000,
     # Demean needs numbers
     "demean_sex": {
         "Name": "demeanSex", "BIDSModelVersion": "1.0.0",
@@ -103,12 +139,41 @@ def inputs_root(tmp_path_factory):
     sub_dir = run2 / DERIV / "sub-02"
     shutil.copy2(sub_dir / RUN1_NAME, sub_dir / RUN2_NAME)
 
+    _bad_participants(root, bids)
+    for name, value in (("zero_affine", 0.0), ("nan_affine", np.nan)):
+        _bad_affine(root / name, bids, value)
+
     models = root / "models"
     models.mkdir()
     for name, content in MODELS.items():
         text = content if isinstance(content, str) else json.dumps(content, indent=2)
         (models / f"{name}.json").write_text(text)
     return root
+
+
+def _bad_participants(root, bids):
+    """Copies of ``bids`` whose participants.tsv is 0 bytes, a header only, or has an ``inf`` age."""
+    text = (bids / "participants.tsv").read_text()
+    header, first, *rest = text.splitlines(keepends=True)
+    age = header.rstrip("\n").split("\t").index("age")
+    cells = first.rstrip("\n").split("\t")
+    cells[age] = "inf"
+    for name, content in (("empty_tsv", ""), ("header_tsv", header),
+                          ("inf_age", "".join([header, "\t".join(cells) + "\n", *rest]))):
+        shutil.copytree(bids, root / name)
+        (root / name / "participants.tsv").write_text(content)
+
+
+def _bad_affine(target, bids, value):
+    """A copy of ``bids`` where CORRUPT_NAME's sform is filled with ``value`` (and is the one used)."""
+    shutil.copytree(bids, target)
+    path = target / DERIV / "sub-03" / CORRUPT_NAME
+    img = nib.load(path)
+    header = img.header.copy()
+    for row in ("srow_x", "srow_y", "srow_z"):
+        header[row] = value
+    header["sform_code"], header["qform_code"] = 1, 0
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header=header), path)
 
 
 def _context(inputs_root, sandbox):
@@ -243,7 +308,37 @@ CASES = [
                  lambda c: ["Dataset", "Subject"], id="64-model-no-dataset-node"),
     pytest.param(lambda c: [c.bids, c.bids, "group"], 64,
                  lambda c: [], id="64-output-is-bids-dir"),
+    # 64: numbers that are not finite, from options or a model file
+    *[pytest.param(lambda c, o=option, v=value, e=extra: [c.bids, c.out, "group", f"{o}={v}", *e], 64,
+                   lambda c, o=option: [o, "finite"], id=f"64{option}-{value}")
+      for option, value, extra in [
+          ("--alpha", "nan", []), ("--smoothing-fwhm", "nan", []), ("--smoothing-fwhm", "inf", []),
+          ("--tfce-e", "inf", ["--tfce"]), ("--tfce-h", "nan", ["--tfce"]), ("--tfce-e", "-inf", ["--tfce"]),
+          ("--fwe-alpha", "nan", ["--n-perm", "10"]), ("--cluster-forming-p", "nan", [])]],
+    pytest.param(lambda c: [c.bids, c.out, "group", "--covariates", "age", "--contrast", "big=0,1e999"], 64,
+                 lambda c: ["big", "finite"], id="64-contrast-weight-overflows"),
+    pytest.param(lambda c: [c.bids, c.out, "group", "--covariates", "age", "--contrast", "big=1" + "0" * 400 + "*age"], 64,
+                 lambda c: ["big", "finite"], id="64-contrast-coefficient-overflows"),
+    *[pytest.param(lambda c, m=model: [c.bids, c.out, "group", "--model", _model(c, m)], 64,
+                   lambda c, n=names: n, id=f"64-model-{model}")
+      for model, names in [
+          ("nan_weight", ["nanWeight", "finite"]), ("inf_weight", ["infWeight", "finite"]),
+          ("huge_int_weight", ["hugeWeight"]), ("nan_setting", ["Alpha", "nan"]), ("huge_int_setting", ["Alpha"]),
+          ("duplicate_contrast", ["ageEffect", "more than once"]), ("contrast_named_like_dummy", ["'age'", "DummyContrasts"]),
+          ("transformer_number", ["Transformer", "5"]), ("input_number", ["Input", "5"]),
+          ("constraint_number", ["Constraint", "3"]), ("contrasts_number", ["Contrasts"]),
+          ("deep", ["deep.json", "nested"])]],
     # 65: bad data
+    pytest.param(lambda c: [c.root / "zero_affine", c.out, "group"], 65,
+                 lambda c: [CORRUPT_NAME, "affine"], id="65-zero-affine"),
+    pytest.param(lambda c: [c.root / "nan_affine", c.out, "group"], 65,
+                 lambda c: [CORRUPT_NAME, "affine"], id="65-nan-affine"),
+    pytest.param(lambda c: [c.root / "empty_tsv", c.out, "group"], 65,
+                 lambda c: ["participants.tsv", "empty"], id="65-participants-0-bytes"),
+    pytest.param(lambda c: [c.root / "header_tsv", c.out, "group", "--covariates", "age"], 65,
+                 lambda c: ["participants.tsv"], id="65-participants-header-only"),
+    pytest.param(lambda c: [c.root / "inf_age", c.out, "group", "--covariates", "age"], 65,
+                 lambda c: ["participants.tsv", "age", "infinite", "01"], id="65-covariate-inf"),
     pytest.param(lambda c: [c.corrupt, c.out, "group"], 65,
                  lambda c: [CORRUPT_NAME], id="65-corrupt-image"),
     pytest.param(lambda c: [c.bids, c.out, "group", "--model", _model(c, "collinear")], 65,
@@ -379,6 +474,30 @@ SUBPROCESS_CASES = {
                   lambda c: [c.regular_file.name], {}),
     "65-verbose": (lambda c: [c.bids, c.out, "group", "--covariates", "doesnotexist", "-v"], 65,
                    lambda c: ["doesnotexist"], {"verbose": True}),
+    # numbers that are not finite; bad values that once were internal errors (exit 1)
+    "64-alpha-nan": (lambda c: [c.bids, c.out, "group", "--alpha", "nan"], 64, lambda c: ["--alpha"], {"one_line": True}),
+    "64-tfce-e-inf": (lambda c: [c.bids, c.out, "group", "--tfce", "--tfce-e", "inf"], 64,
+                      lambda c: ["--tfce-e"], {"one_line": True}),
+    "64-smoothing-nan": (lambda c: [c.bids, c.out, "group", "--smoothing-fwhm", "nan"], 64,
+                         lambda c: ["--smoothing-fwhm"], {"one_line": True}),
+    "64-nan-weight": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "nan_weight")], 64,
+                      lambda c: ["nanWeight"], {"one_line": True}),
+    "64-duplicate-contrast": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "duplicate_contrast")], 64,
+                              lambda c: ["ageEffect"], {"one_line": True}),
+    "64-transformer-type": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "transformer_number")], 64,
+                            lambda c: ["Transformer"], {"one_line": True}),
+    "64-deep-json": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "deep")], 64,
+                     lambda c: ["deep.json"], {"one_line": True}),
+    "65-participants-empty": (lambda c: [c.root / "empty_tsv", c.out, "group", "--quiet"], 65,
+                              lambda c: ["participants.tsv"], {"one_line": True}),
+    "65-participants-header-only": (lambda c: [c.root / "header_tsv", c.out, "group", "--quiet", "--covariates", "age"], 65,
+                                    lambda c: ["participants.tsv"], {"one_line": True}),
+    "65-covariate-inf": (lambda c: [c.root / "inf_age", c.out, "group", "--quiet", "--covariates", "age"], 65,
+                         lambda c: ["age"], {"one_line": True}),
+    "65-nan-affine": (lambda c: [c.root / "nan_affine", c.out, "group", "--quiet"], 65,
+                      lambda c: [CORRUPT_NAME], {"one_line": True}),
+    "65-zero-affine": (lambda c: [c.root / "zero_affine", c.out, "group", "--quiet"], 65,
+                       lambda c: [CORRUPT_NAME], {"one_line": True}),
     "64-verbose": (lambda c: [c.bids, c.out, "group", "--alpha", "2", "-v"], 64,
                    lambda c: ["--alpha"], {"verbose": True, "python_m": True}),
 }

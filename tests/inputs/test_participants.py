@@ -1,11 +1,12 @@
-"""Joining participants.tsv onto the selected maps, and what the join reports."""
+"""Reading participants.tsv (whitespace, empty files, infinite numbers); joining it onto the selected maps, and what the join reports."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from bids_group_app.inputs.participants import join_participants
+from bids_group_app.errors import DataError
+from bids_group_app.inputs.participants import join_participants, levels, read_participants
 
 LISTED = ["01", "02", "03", "04", "05"]
 
@@ -45,3 +46,35 @@ def test_a_single_label_is_one_subject():
     """A model's Input may give ``"subject": "sub-01"`` (one string, not its characters)."""
     _, report = join_participants(_maps(["01"]), _participants(), ["subject"], chosen="sub-01")
     assert report == {"without_row": [], "without_maps": [], "not_selected": ["02", "03", "04", "05"]}
+
+
+def _read_tsv(tmp_path, text):
+    """read_participants on a participants.tsv holding ``text``."""
+    (tmp_path / "participants.tsv").write_text(text)
+    return read_participants(tmp_path)
+
+
+def test_whitespace_around_cells_and_headers_is_stripped(tmp_path):
+    table = _read_tsv(tmp_path, "participant_id \t sex\tage \nsub-01\tM \t 30\nsub-02 \tM\t n/a \nsub-03\t F\t40\n")
+    assert list(table.columns) == ["sex", "age"]
+    assert list(table.index) == ["01", "02", "03"]
+    assert table["sex"].tolist() == ["M", "M", "F"]
+    assert levels(table["sex"]) == ["F", "M"]
+    assert table["age"].dtype == float and table["age"].isna().tolist() == [False, True, False]
+
+
+def test_headers_equal_once_stripped_are_refused(tmp_path):
+    with pytest.raises(DataError, match="age"):
+        _read_tsv(tmp_path, "participant_id\tage\tage \nsub-01\t1\t2\n")
+
+
+@pytest.mark.parametrize("text", ["", "\n"], ids=["0-bytes", "blank-line"])
+def test_an_empty_file_is_bad_data(tmp_path, text):
+    with pytest.raises(DataError, match="empty"):
+        _read_tsv(tmp_path, text)
+
+
+@pytest.mark.parametrize("value", ["inf", "-Infinity", "1e999"])
+def test_an_infinite_number_is_bad_data_naming_the_column_and_participant(tmp_path, value):
+    with pytest.raises(DataError, match=r"'age'.*02"):
+        _read_tsv(tmp_path, f"participant_id\tage\nsub-01\t3\nsub-02\t{value}\n")

@@ -57,3 +57,33 @@ def test_writer_reports_uncreatable_output(tmp_path):
     blocker.write_text("")
     with pytest.raises(OutputError, match="cannot be created"):
         OutputWriter(blocker / "out")
+
+
+def _strict_loads(text):
+    """json.loads that refuses the non-standard NaN/Infinity tokens."""
+    return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+
+
+def test_writer_json_is_strict_and_writes_missing_numbers_as_null(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "out"
+    writer = OutputWriter(out)
+    writer.json("s.json", {"Threshold": float("nan"), "Peak": np.float32("inf"), "Rows": [1.5, -np.inf, (np.nan,)],
+                           "Array": np.array([0.25, np.nan]), "Count": np.int64(3), "Value": np.float64(0.1)})
+    writer.commit()
+    assert _strict_loads((out / "s.json").read_text()) == {
+        "Threshold": None, "Peak": None, "Rows": [1.5, None, [None]], "Array": [0.25, None], "Count": 3, "Value": 0.1}
+
+
+@pytest.mark.parametrize("options", [
+    ["--height-control", "fdr", "--alpha", "1e-9", "--covariates", "age", "score"],
+    ["--n-perm", "8", "--cluster-forming-p", "0.5", "--one-sided", "--two-sample", "group"],
+], ids=["fdr-nothing-survives-missing-covariate", "permutations-clusters"])
+def test_every_json_of_a_run_is_strict(options, nilearn_dataset, run_cli, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli([nilearn_dataset["root"], out, "group", "--filter", "contrast=motor", *options]) == 0
+    written = sorted(out.rglob("*.json"))
+    assert any(p.name.endswith("_statmap.json") for p in written)
+    for path in written:
+        _strict_loads(path.read_text())
