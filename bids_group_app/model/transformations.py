@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from bids_group_app.errors import DataError, UsageError
-from bids_group_app.inputs.participants import is_numeric, level_labels, levels
+from bids_group_app.inputs.participants import MISSING_TEXTS, is_numeric, level_labels, levels
 
 #: Options each transformation accepts besides Name, Input and Output.
 OPTIONS = {
@@ -62,7 +62,6 @@ COMMON_KEYS = ("Name", "Input", "Output")
 CONSTRAINTS = ("none", "drop_one", "mean_zero")
 REPLACE_NA = (None, "before", "after")
 #: Cell texts that read_participants turns into missing values.
-MISSING_TEXTS = ("n/a", "N/A", "NaN", "nan", "")
 
 
 # --------------------------------------------------------------------------
