@@ -61,7 +61,6 @@ OPTIONS = {
 COMMON_KEYS = ("Name", "Input", "Output")
 CONSTRAINTS = ("none", "drop_one", "mean_zero")
 REPLACE_NA = (None, "before", "after")
-#: Cell texts that read_participants turns into missing values.
 
 
 # --------------------------------------------------------------------------
