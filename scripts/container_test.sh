@@ -309,7 +309,7 @@ else
     tail -20 "$WORK/case1-container.log" >&2; fail "case 1 container run exits 0 (see $WORK/case1-container.log)"
 fi
 run_host "$WORK/case1-host.log" "$out_h" || { tail -20 "$WORK/case1-host.log" >&2; fail "case 1 host run exits 0"; }
-prefix="node-oneSample/task-localizer_input-"
+prefix="node-oneSample/model-oneSample_task-localizer_input-"
 expected=()
 for c in motor language; do
     for s in effect variance t z p; do expected+=("${prefix}${c}_contrast-intercept_stat-${s}_statmap.nii.gz"); done

@@ -23,7 +23,15 @@ from bids_group_app.errors import (
     UsageError,
 )
 from bids_group_app.inputs import index as inputs_stage
-from bids_group_app.inputs.participants import MATCHED, join_participants, levels, read_participants, strip_sub
+from bids_group_app.inputs.participants import (
+    MATCHED,
+    is_numeric,
+    join_participants,
+    level_labels,
+    levels,
+    read_participants,
+    strip_sub,
+)
 from bids_group_app.model.design import build_design
 from bids_group_app.model.spec import auto_group_by, load_model, model_from_options, parse_model
 from bids_group_app.outputs.commit import model_label
@@ -99,10 +107,14 @@ def _cli_filters(inputs):
 
 
 def _value_matches(series, wanted):
+    """Rows whose value is one of ``wanted`` (numbers compared as numbers, else level names)."""
     if None in wanted:
         return series.isna()
-    as_text = series.map(lambda v: v if pd.isna(v) else levels(pd.Series([v]))[0])
-    return as_text.isin([str(w) for w in wanted])
+    if is_numeric(series.dropna()):
+        numbers = pd.to_numeric(pd.Series(wanted, dtype=object), errors="coerce")
+        if numbers.notna().all():
+            return series.isin(numbers.tolist())
+    return level_labels(series).isin([str(w) for w in wanted])
 
 
 def _apply_node_filters(table, node):
@@ -128,10 +140,11 @@ def _cells(table, node, entity_columns):
         yield {}, table
         return
     keys = list(node.group_by)
-    grouped = table.dropna(subset=keys).groupby(keys, sort=True)
-    for values, rows in grouped:
+    present = table.dropna(subset=keys)
+    label_of = {k: dict(zip(present[k], level_labels(present[k]))) for k in keys}  # named as Factor names levels
+    for values, rows in present.groupby(keys, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        yield {k: (levels(pd.Series([v]))[0] if not isinstance(v, str) else v) for k, v in zip(keys, values)}, rows
+        yield {k: label_of[k][v] for k, v in zip(keys, values)}, rows
 
 
 def _check_collisions(rows, node, group_values, entity_columns):
@@ -161,9 +174,10 @@ def _pin_settings(document, config):
         ``{node name: AnalysisSettings}``.
     """
     settings = {}
-    for node in document["Nodes"]:
+    for index, node in enumerate(document["Nodes"]):
         if str(node.get("Level", "")).lower() != "dataset":
             continue
+        node.setdefault("Name", f"node{index}")  # as model.spec names an unnamed node
         model = node.setdefault("Model", {})
         software = model.setdefault("Software", {})
         own = software.get(SOFTWARE_KEY) or {}
@@ -171,8 +185,12 @@ def _pin_settings(document, config):
             raise UsageError(f"node '{node.get('Name')}': Model.Software.{SOFTWARE_KEY} must be an object, got {own!r}")
         resolved = node_settings(config, own)
         check_settings(resolved, f"node '{node.get('Name')}'")
+        sharded = config.permutation.perm_shard or config.permutation.merge_perm_shards
+        if sharded and not resolved.permutation.n_perm:
+            raise UsageError(f"--perm-shard/--merge-perm-shards need permutations, but node '{node['Name']}' has none: "
+                             "give --n-perm N with N > 0")
         software[SOFTWARE_KEY] = {**own, **software_options(resolved)}
-        settings[str(node.get("Name"))] = resolved
+        settings[str(node["Name"])] = resolved
     return settings
 
 
