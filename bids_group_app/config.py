@@ -188,10 +188,6 @@ class Config:
         """Read a configuration saved with the outputs (``logs/config-*.json``)."""
         return cls.from_dict(json.loads(Path(path).read_text())["Config"])
 
-    def replace(self, group, **changes):
-        """A copy with some options of one group changed."""
-        return dataclasses.replace(self, **{group: dataclasses.replace(getattr(self, group), **changes)})
-
 
 def _freeze(value):
     return tuple(_freeze(v) for v in value) if isinstance(value, list) else value

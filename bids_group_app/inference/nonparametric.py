@@ -1,11 +1,15 @@
 """Permutation inference of a model cell: engine set-up, shards, output maps.
 
-This stage sits between the fitted design (:mod:`.design`, :mod:`.data_matrix`)
-and the outputs: it chooses the shufflings (scheme, exchangeability blocks),
-runs :mod:`.permutation` for each contrast (or one shard of it, or merges
-saved shards), and turns observed statistics and null distributions into
-the ``stat-logp*``, ``stat-tfce``, ``stat-size``/``stat-mass`` maps, the
-null-distribution tables and the FWE-thresholded maps and cluster tables.
+This stage sits between the planned cell (:mod:`bids_group_app.model.design`,
+:mod:`bids_group_app.inputs.data_matrix`) and the outputs: it chooses the
+shufflings (scheme, exchangeability blocks) from the node's resolved settings,
+runs :mod:`bids_group_app.stats.permutation` on a
+:class:`~bids_group_app.stats.geometry.VolumeGeometry` for each contrast (or
+one shard of it, or merges saved shards), and turns observed statistics and
+null distributions into the ``stat-logp*``, ``stat-tfce``,
+``stat-size``/``stat-mass`` maps, the null-distribution tables and the
+sidecar fields; :mod:`bids_group_app.workflow.execute` writes them and the
+FWE-thresholded maps.
 """
 
 from __future__ import annotations

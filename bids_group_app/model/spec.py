@@ -420,8 +420,8 @@ def model_from_options(options, table, participants):
 
     Parameters
     ----------
-    options : argparse.Namespace
-        Parsed CLI (``two_sample``, ``paired``, ``rm_anova``, ``covariates``,
+    options : bids_group_app.config.ModelConfig
+        The short design options (``two_sample``, ``paired``, ``rm_anova``, ``covariates``,
         ``demean``, ``contrast``, ``group_by``).
     table : pandas.DataFrame
         Indexed maps after the entity filters (to find entity levels).

@@ -2,7 +2,6 @@
 
 import html.parser
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
