@@ -52,7 +52,7 @@ from nibabel.affines import apply_affine
 from nilearn.image import coord_transform, load_img
 from scipy import ndimage
 
-from bids_group_app.stats.geometry import CONNECTIVITY_RANK, MaskGeometry, cluster_measures
+from bids_group_app.stats.geometry import CONNECTIVITY_RANK, VolumeGeometry, cluster_measures
 
 try:  # nilearn's sub-peak search (private; its module was ``_get_clusters_table`` in older releases)
     from nilearn.reporting.get_clusters_table import _local_max
@@ -368,7 +368,7 @@ def sign_clusters(data, connectivity=6):
     nonzero = data != 0
     labels = np.zeros(data.shape, dtype=np.int32)
     if nonzero.any():
-        geometry = MaskGeometry(nonzero, connectivity)
+        geometry = VolumeGeometry(nonzero, connectivity)
         labels[nonzero] = cluster_measures(data[nonzero], 0.0, geometry, two_sided=True)[0]
     return labels
 

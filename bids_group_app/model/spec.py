@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from bids_group_app.errors import DataError, MissingInputError, UsageError
+from bids_group_app.model.transformations import OPTIONS as TRANSFORM_OPTIONS, check_instruction
 
 BIDS_MODEL_VERSION = "1.0.0"
-SUPPORTED_TRANSFORMS = ("Demean", "Scale", "Factor", "Replace", "Rename", "Copy")
+SUPPORTED_TRANSFORMS = tuple(TRANSFORM_OPTIONS)
 SUPPORTED_TESTS = ("t", "F")
 
 
@@ -139,8 +140,6 @@ def parse_contrast(raw, where):
 
 
 def _parse_transformations(raw, where):
-    from bids_group_app.model.transformations import check_instruction  # options checked where they are run
-
     if raw is None:
         return []
     if isinstance(raw, dict):
@@ -153,12 +152,7 @@ def _parse_transformations(raw, where):
     _require(isinstance(raw, list), f"{where}.Instructions must be a list")
     for i, step in enumerate(raw):
         _require(isinstance(step, dict) and "Name" in step, f"{where}.Instructions[{i}] needs a Name")
-        _require(
-            step["Name"] in SUPPORTED_TRANSFORMS,
-            f"{where}: transformation {step['Name']!r} is not supported; supported: {', '.join(SUPPORTED_TRANSFORMS)}",
-        )
-        _require("Input" in step, f"{where}: transformation {step['Name']} needs an Input")
-        check_instruction(step, f"{where}.Instructions[{i}]")
+        check_instruction(step, f"{where}.Instructions[{i}]")  # supported name, options and Input
     return raw
 
 

@@ -263,6 +263,11 @@ def report_file(model):
     return f"model-{model}_report.html"
 
 
+def saved_models(output_dir):
+    """The saved models of OUTPUT_DIR (``model-*_smdl.json``), in name order."""
+    return sorted(Path(output_dir).glob(model_file("*")))
+
+
 def model_of(path):
     """The model label of a ``model-<model>_...`` file name (None otherwise)."""
     name = parse(Path(path).name)

@@ -23,7 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
-from bids_group_app.outputs.naming import FWE_KINDS as _KINDS, contrast_files, model_cells, model_of
+from bids_group_app.outputs.naming import FWE_KINDS as _KINDS, contrast_files, model_cells, model_of, saved_models
 from bids_group_app.reporting.templates import template_dir
 
 FWE_KINDS = {k.label: k.short for k in _KINDS}
@@ -197,7 +197,7 @@ def collect(output_dir):
     config = _read_json(config_path) if config_path else {}
     description_path = output_dir / "dataset_description.json"
     models = []
-    for model_path in sorted(output_dir.glob("model-*_smdl.json")):
+    for model_path in saved_models(output_dir):
         model = _read_json(model_path)
         nodes = []
         label = model_of(model_path)

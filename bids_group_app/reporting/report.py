@@ -41,6 +41,7 @@ from bids_group_app.outputs.naming import (
     model_cells,
     model_of,
     report_file,
+    saved_models,
 )
 from bids_group_app.reporting.templates import template_dir
 
@@ -484,6 +485,6 @@ def _parametric_z_threshold(contrast):
 def write_reports(output_dir, target_dir=None):
     """Render the report of every model in OUTPUT_DIR; returns the written relative paths."""
     written = []
-    for model_path in sorted(Path(output_dir).glob("model-*_smdl.json")):
+    for model_path in saved_models(output_dir):
         written.extend(render_model_report(output_dir, model_path, target_dir))
     return written

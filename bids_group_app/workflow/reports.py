@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bids_group_app.errors import MissingInputError
+from bids_group_app.outputs.naming import saved_models
 from bids_group_app.outputs.writer import OutputWriter
 
 
@@ -33,7 +34,7 @@ def publish_reports(output_dir, html_reports=True):
 def reports_only(output_dir):
     """``--reports-only``: re-render reports from an existing OUTPUT_DIR."""
     output_dir = Path(output_dir).expanduser().resolve()
-    if not any(output_dir.glob("model-*_smdl.json")):
+    if not saved_models(output_dir):
         raise MissingInputError(f"{output_dir} holds no results of bids_group_app (no model-*_smdl.json); run the analysis first")
     return [output_dir / p for p in publish_reports(output_dir)]
 
