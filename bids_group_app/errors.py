@@ -45,3 +45,24 @@ class OutputError(AppError):
     """The output directory or a file in it cannot be created (exit 73)."""
 
     exit_code = 73
+
+
+class UnreadableResultsError(DataError):
+    """Files of earlier results in OUTPUT_DIR that cannot be read back (exit 65)."""
+
+
+class Interrupted(BaseException):
+    """The run received SIGINT, SIGTERM or SIGHUP before its results were committed.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
+    swallows it; the exit code is 128 + the signal number (130 for SIGINT,
+    143 for SIGTERM), as shells report a process ended by a signal.
+    """
+
+    def __init__(self, signum):
+        import signal
+
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.name = signal.Signals(self.signum).name
+        self.exit_code = 128 + self.signum

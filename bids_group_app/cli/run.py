@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from bids_group_app.errors import AppError, OutputError
+from bids_group_app import interrupts
+from bids_group_app.errors import AppError, Interrupted, OutputError
 
 LOGGER = logging.getLogger("bids_group_app")
 
@@ -91,28 +93,34 @@ def main(argv=None):
 
     Exit codes follow the BIDS-Apps execution spec: 0 success, 17 unknown
     analysis level, 18 no file selected, 64 usage, 65 bad data, 66 missing
-    input, 73 output cannot be created. Errors print one line on stderr
-    (the traceback too with ``-v``).
+    input, 73 output cannot be created; 128 + the signal number when
+    SIGINT, SIGTERM or SIGHUP stopped the run before its commit (130, 143,
+    129; see :mod:`bids_group_app.interrupts`). Errors print one line on
+    stderr (the traceback too with ``-v``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
     try:
-        from bids_group_app.cli.parser import parse_args
+        with interrupts.handled():
+            from bids_group_app.cli.parser import parse_args
 
-        config = parse_args(argv)
-        _configure_logging(config.resources.verbose, config.resources.quiet)
-        with private_mplconfigdir(config.resources.work_dir):
-            from bids_group_app.workflow import run  # heavy imports only once the command line is valid
+            config = parse_args(argv)
+            _configure_logging(config.resources.verbose, config.resources.quiet)
+            with private_mplconfigdir(config.resources.work_dir):
+                from bids_group_app.workflow import run  # heavy imports only once the command line is valid
 
-            written = run(config, argv)
+                written = run(config, argv)
+            signal_name = interrupts.received()
     except AppError as err:
         if verbose:
             LOGGER.exception("bids_group_app failed")
         print(f"bids_group_app: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("bids_group_app: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as err:
+        stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"bids_group_app: interrupted by {stop.name}; no results were committed "
+              "(OUTPUT_DIR is as it was before the run)", file=sys.stderr)
+        return stop.exit_code
     except Exception as err:  # an unexpected failure is a bug: say so in one line
         if verbose:
             LOGGER.exception("bids_group_app failed")
@@ -125,7 +133,9 @@ def main(argv=None):
     maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
     reports = [p for p in written if p.name.endswith("_report.html")]
     print(f"bids_group_app: wrote {len(maps)} statistical maps to {config.inputs.output_dir}"
-          + (f"; report: {', '.join(str(p) for p in reports)}" if reports else ""), file=sys.stderr)
+          + (f"; report: {', '.join(str(p) for p in reports)}" if reports else "")
+          + (f" ({signal_name} was received during the commit, which was completed first)" if signal_name else ""),
+          file=sys.stderr)
     return 0
 
 

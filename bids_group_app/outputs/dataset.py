@@ -4,14 +4,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
+import logging
+
 import nibabel as nib
 
 from bids_group_app import __version__
-from bids_group_app.outputs.naming import node_folder
+from bids_group_app.errors import UnreadableResultsError
+from bids_group_app.outputs.view import as_view
+
+LOGGER = logging.getLogger(__name__)
 
 
 def software_versions():
@@ -100,13 +106,75 @@ def merge_models(existing, new):
     return {**new, "Input": merged}
 
 
-def dataset_node_dirs(output_dir, model):
-    """``(node, folder)`` of each Dataset-level node of a saved model document."""
-    return [(node, Path(output_dir) / node_folder(node.get("Name", "node")))
-            for node in model.get("Nodes", []) if str(node.get("Level", "")).lower() == "dataset"]
+def dataset_nodes(model):
+    """The Dataset-level nodes of a saved model document."""
+    return [node for node in model.get("Nodes", []) if str(node.get("Level", "")).lower() == "dataset"]
 
 
-def latest_config(output_dir):
-    """Path of the most recent ``logs/config-*.json`` of OUTPUT_DIR (None when none)."""
-    configs = sorted((Path(output_dir) / "logs").glob("config-*.json"))  # naming.config_file: sorts by time
-    return configs[-1] if configs else None
+def latest_config(output_dir, model=None):
+    """Path of the most recent ``logs/config-*.json`` of OUTPUT_DIR (None when none).
+
+    Parameters
+    ----------
+    output_dir : path-like or bids_group_app.outputs.view.OutputView
+    model : str, optional
+        A model label: the most recent configuration of a run of that model
+        (its ``Model`` field); the most recent of all when no log names it
+        (logs of versions before the field existed).
+    """
+    view = as_view(output_dir)
+    configs = [view / rel for rel in reversed(view.glob("logs/config-*.json"))]  # naming.config_file: sorts by time
+    if model is not None:
+        for path in configs:
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("Model") == model:
+                    return path
+            except (OSError, ValueError, AttributeError):
+                continue
+    return configs[0] if configs else None
+
+
+def read_result_json(path):
+    """The content of a JSON file of OUTPUT_DIR; a ValueError naming the file when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path.name} is not valid JSON ({err})") from None
+
+
+@contextlib.contextmanager
+def unreadable_results(what):
+    """Turn a failure to read back earlier results into :class:`UnreadableResultsError`.
+
+    Parameters
+    ----------
+    what : str
+        What was being read (e.g. a saved model's file name), for the message.
+    """
+    try:
+        yield
+    except UnreadableResultsError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, nib.filebasedimages.ImageFileError) as err:
+        detail = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
+        raise UnreadableResultsError(f"the results of {what} cannot be read back ({detail}); "
+                                     "remove or restore the damaged file, or write to another OUTPUT_DIR") from err
+
+
+def read_optional_result(path, strict=True):
+    """The content of a JSON file of OUTPUT_DIR that may be absent ({} then).
+
+    An unreadable file is an :class:`UnreadableResultsError`, or with
+    ``strict=False`` a warning and {}.
+    """
+    if path is None or not Path(path).exists():
+        return {}
+    try:
+        with unreadable_results(Path(path).name):
+            return read_result_json(path)
+    except UnreadableResultsError as err:
+        if strict:
+            raise
+        LOGGER.warning("%s", err)
+        return {}

@@ -40,6 +40,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bids_group_app.outputs.view import as_view
+
 ENTITY_KEYS = {
     "contrast": "input",
     "session": "ses",
@@ -264,8 +266,13 @@ def report_file(model):
 
 
 def saved_models(output_dir):
-    """The saved models of OUTPUT_DIR (``model-*_smdl.json``), in name order."""
-    return sorted(Path(output_dir).glob(model_file("*")))
+    """The saved models of OUTPUT_DIR (``model-*_smdl.json``), in name order.
+
+    ``output_dir`` is a path or an :class:`~.view.OutputView`; the paths
+    returned are those a reader opens.
+    """
+    view = as_view(output_dir)
+    return [view / rel for rel in view.glob(model_file("*"))]
 
 
 def model_of(path):
@@ -297,10 +304,10 @@ def model_cells(output_dir, model, node):
     -------
     list of CellNames
     """
-    folder = Path(output_dir) / node_folder(node)
+    view = as_view(output_dir)
     cells = []
-    for path in sorted(folder.glob(f"model-{model}_*design.json")):
-        name = parse(path.relative_to(output_dir))
+    for rel in view.glob(f"{node_folder(node)}/model-{model}_*design.json"):
+        name = parse(rel)
         if name is not None and name.get("model") == model and name.suffix == "design":
             cells.append(CellNames.from_name(name, node))
     return cells
@@ -315,10 +322,9 @@ def contrast_files(output_dir, cell):
         ``{contrast label: [OutputName, ...]}`` of the ``_statmap.json``
         sidecars, in name order.
     """
-    folder = Path(output_dir) / cell.folder
     found = {}
-    for path in sorted(folder.glob(f"model-{cell.model}_*_statmap.json")):
-        name = parse(path.relative_to(output_dir))
+    for rel in as_view(output_dir).glob(f"{cell.folder}/model-{cell.model}_*_statmap.json"):
+        name = parse(rel)
         if name is None or name.get("model") != cell.model or name.cell != cell.cell or not name.get("contrast"):
             continue
         found.setdefault(name.get("contrast"), []).append(name)

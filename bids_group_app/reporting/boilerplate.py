@@ -17,20 +17,24 @@ track of citations and turns the markdown into HTML.
 from __future__ import annotations
 
 import html
-import json
+import logging
 import re
 from fractions import Fraction
 from pathlib import Path
 
-from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
+from bids_group_app.errors import UnreadableResultsError
+from bids_group_app.outputs.dataset import dataset_nodes, latest_config, read_optional_result, read_result_json, unreadable_results
 from bids_group_app.outputs.naming import FWE_KINDS as _KINDS, contrast_files, model_cells, model_of, saved_models
+from bids_group_app.outputs.view import as_view
+from bids_group_app.outputs.writer import writing
 from bids_group_app.reporting.templates import template_dir
+
+LOGGER = logging.getLogger(__name__)
 
 FWE_KINDS = {k.label: k.short for k in _KINDS}
 
 
-def _read_json(path):
-    return json.loads(Path(path).read_text())
+_read_json = read_result_json
 
 
 # --------------------------------------------------------------------------
@@ -178,30 +182,15 @@ def _contrast_order(node):
     return names
 
 
-def collect(output_dir):
-    """Gather what ran from the files of OUTPUT_DIR.
-
-    Parameters
-    ----------
-    output_dir : str or pathlib.Path
-
-    Returns
-    -------
-    dict
-        The template context: ``models`` (each with its dataset-level
-        ``nodes`` and their ``cells``), ``config`` (the latest
-        ``logs/config-*.json``), ``versions``, ``description``.
-    """
-    output_dir = Path(output_dir)
-    config_path = latest_config(output_dir)
-    config = _read_json(config_path) if config_path else {}
-    description_path = output_dir / "dataset_description.json"
-    models = []
-    for model_path in saved_models(output_dir):
+def _model_facts(output_dir, model_path):
+    """The facts of one saved model and its cells (raises UnreadableResultsError)."""
+    with unreadable_results(model_path.name):
         model = _read_json(model_path)
+        if not isinstance(model, dict):
+            raise ValueError("not a BIDS Stats Models document")
         nodes = []
         label = model_of(model_path)
-        for node, _ in dataset_node_dirs(output_dir, model):
+        for node in dataset_nodes(model):
             cells = [_cell_facts(output_dir, c, _contrast_order(node)) for c in model_cells(output_dir, label, node.get("Name"))]
             if cells:
                 design = [(c["columns"], [(k["name"], k["test"], k["rows"]) for k in c["contrasts"]]) for c in cells]
@@ -211,15 +200,52 @@ def collect(output_dir):
                                                                        for c in cells),
                               "transformations": (node.get("Transformations") or {}).get("Instructions", []),
                               "filter": node.get("Filter") or {}, "cells": cells})
-        if nodes:
-            models.append({"name": model.get("Name"), "file": model_path.name, "nodes": nodes,
-                           "description": model.get("Description", ""), "input": model.get("Input") or {}})
+    return {"name": model.get("Name"), "file": model_path.name, "nodes": nodes,
+            "description": model.get("Description", ""), "input": model.get("Input") or {}}
+
+
+def collect(output_dir, strict=True):
+    """Gather what ran from the files of OUTPUT_DIR.
+
+    Parameters
+    ----------
+    output_dir : str, pathlib.Path or bids_group_app.outputs.view.OutputView
+    strict : bool or collection of str
+        A model whose files cannot be read (invalid JSON, missing file) is
+        an error (:class:`~bids_group_app.errors.UnreadableResultsError`
+        naming the file); with ``strict=False`` it is left out of the text
+        with a warning, so that one model's bad files never break another
+        model's run; a collection of model labels: those must be readable,
+        the others may be left out.
+
+    Returns
+    -------
+    dict
+        The template context: ``models`` (each with its dataset-level
+        ``nodes`` and their ``cells``), ``config`` (the latest
+        ``logs/config-*.json``), ``versions``, ``description``.
+    """
+    output_dir = as_view(output_dir)
+    config_path = latest_config(output_dir)
+    config = read_optional_result(config_path, strict is True)
+    description = read_optional_result(output_dir / "dataset_description.json", strict is True)
+    models = []
+    for model_path in saved_models(output_dir):
+        try:
+            model = _model_facts(output_dir, model_path)
+        except UnreadableResultsError as err:
+            if strict is True or (strict and model_of(model_path) in strict):
+                raise
+            LOGGER.warning("the methods text leaves out %s: %s", model_path.name, err)
+            continue
+        if model["nodes"]:
+            models.append(model)
     cells = [c for m in models for n in m["nodes"] for c in n["cells"]]
     return {
         "models": models, "cells": cells, "config": config,
         "config_file": f"logs/{config_path.name}" if config_path else None,
         "versions": (cells[0]["versions"] if cells else {}) or config.get("SoftwareVersions", {}),
-        "description": _read_json(description_path) if description_path.exists() else {},
+        "description": description,
         "any_permutation": any(c["permutation"] for c in cells),
         "atlases": sorted({k["atlas"] for c in cells for k in c["contrasts"] if k["atlas"]}),
         "datasets": sorted({d for c in cells for d in c["datasets"]}),
@@ -435,7 +461,7 @@ def markdown_to_html(text):
     return "\n".join(blocks) + "\n"
 
 
-def write_boilerplate(output_dir, target_dir=None):
+def write_boilerplate(output_dir, target_dir=None, strict=True):
     """Write ``logs/CITATION.md``, ``.html`` and ``.bib`` for OUTPUT_DIR.
 
     Reads only the files of OUTPUT_DIR (see :func:`collect`), so it can
@@ -443,11 +469,13 @@ def write_boilerplate(output_dir, target_dir=None):
 
     Parameters
     ----------
-    output_dir : str or pathlib.Path
-        The results to describe.
+    output_dir : str, pathlib.Path or bids_group_app.outputs.view.OutputView
+        The results to describe (a view: with a run's staged files).
     target_dir : str or pathlib.Path, optional
         Where to write ``logs/CITATION.*`` (default: OUTPUT_DIR), e.g. the
-        staging folder of an :class:`~bids_group_app.outputs.OutputWriter`.
+        staging folder of an :class:`~bids_group_app.outputs.writer.OutputWriter`.
+    strict : bool or collection of str
+        See :func:`collect`.
 
     Returns
     -------
@@ -457,16 +485,17 @@ def write_boilerplate(output_dir, target_dir=None):
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from markupsafe import Markup
 
-    output_dir = Path(output_dir)
-    context = collect(output_dir)
+    output_dir = as_view(output_dir)
+    context = collect(output_dir, strict)
     bibliography = Bibliography(template_dir() / "references.bib")
     text = render_markdown(context, bibliography)
     env = Environment(loader=FileSystemLoader(str(template_dir())), autoescape=select_autoescape(["html", "j2"]))
     page = env.get_template("citation.html.j2").render(body=Markup(markdown_to_html(text)), **context)
-    logs = Path(target_dir if target_dir is not None else output_dir) / "logs"
+    logs = Path(target_dir if target_dir is not None else output_dir.root) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in (("CITATION.md", text), ("CITATION.html", page), ("CITATION.bib", bibliography.bibtex())):
-        (logs / name).write_text(content, encoding="utf-8")
+        with writing(logs / name):
+            (logs / name).write_text(content, encoding="utf-8")
         written.append(logs / name)
     return written

@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from bids_group_app import __version__
-from bids_group_app.outputs.dataset import dataset_node_dirs, latest_config
+from bids_group_app.outputs.dataset import dataset_nodes, latest_config, read_optional_result, read_result_json, unreadable_results
+from bids_group_app.outputs.view import as_view
+from bids_group_app.outputs.writer import writing
 from bids_group_app.outputs.naming import (
     FWE_BY_LABEL,
     FWE_KINDS,
@@ -152,14 +154,40 @@ def _figure_title(name, what, limit=48):
     label disappears); the full name heads the report's section. The title
     is :func:`plain_text`.
     """
-    room = max(limit - len(what) - 2, 8)
-    short = name if len(name) <= room else name[: room - 1] + "…"
-    return plain_text(f"{short}: {what}")
+    return plain_text(f"{_shortened(name, max(limit - len(what) - 2, 8))}: {what}")
 
 
-def _plain_columns(design):
-    """The design with :func:`plain_text` column names, for the figures that label its columns."""
-    return design.rename(columns=plain_text)
+def _load(path):
+    """A map of OUTPUT_DIR, its data read (UnreadableResultsError naming it when damaged)."""
+    with unreadable_results(Path(path).name):
+        img = nib.load(str(path))
+        img.get_fdata()  # read (and cache) the data now: a damaged file fails here
+        return img
+
+
+def _shortened(text, limit):
+    """``text`` cut to ``limit`` characters, the last one "…" when it was longer."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plain_columns(design, limit=32):
+    """The design with :func:`plain_text` column names, for the figures that label its columns.
+
+    Names longer than ``limit`` characters are shortened with "…" (a long
+    label leaves matplotlib no room for the plot itself: the correlation
+    figure of a 90-character covariate fails to draw); shortened names that
+    coincide get a number, so columns stay distinct. The design sidecar and
+    the report's tables keep the full names.
+    """
+    labels, seen = [], set()
+    for name in design.columns:
+        label = _shortened(name, limit)
+        if label in seen:
+            label = _shortened(name, limit - 4) + f"[{len(labels)}]"
+        seen.add(label)
+        labels.append(plain_text(label))
+    return design.set_axis(labels, axis=1)
 
 
 def _upper_half(cmap):
@@ -211,8 +239,7 @@ class CellResult:
         return self.names.label
 
 
-def _read_json(path):
-    return json.loads(Path(path).read_text())
+_read_json = read_result_json
 
 
 THRESHOLD_ORDER = [*PARAMETRIC_THRESHOLDS, *FWE_BY_LABEL]
@@ -224,12 +251,15 @@ def _threshold_rank(name):
 
 
 def collect(output_dir, model_path):
-    """The cells and contrasts of one model, from OUTPUT_DIR (through :mod:`.naming`)."""
-    output_dir = Path(output_dir)
+    """The cells and contrasts of one model, from OUTPUT_DIR (through :mod:`.naming`).
+
+    ``output_dir`` is a path or an :class:`~bids_group_app.outputs.view.OutputView`.
+    """
+    output_dir = as_view(output_dir)
     model = _read_json(model_path)
     label = model_of(model_path)
     cells = []
-    for node, _ in dataset_node_dirs(output_dir, model):
+    for node in dataset_nodes(model):
         for names in model_cells(output_dir, label, node.get("Name")):
             cell = CellResult(names=names, design=pd.read_csv(output_dir / names.design(), sep="\t"),
                               sidecar=_read_json(output_dir / names.design(".json")), mask=output_dir / names.mask())
@@ -276,8 +306,11 @@ class _Figures:
         import matplotlib.pyplot as plt
 
         path = self.output_dir / relpath
-        figure.savefig(path, dpi=DPI, bbox_inches="tight")
-        plt.close(figure)
+        try:
+            with writing(path):
+                figure.savefig(path, dpi=DPI, bbox_inches="tight")
+        finally:
+            plt.close(figure)
         self.written.append(path)
         return path.relative_to(self.output_dir).as_posix()
 
@@ -327,7 +360,7 @@ class _Figures:
         from nilearn.plotting import plot_glass_brain, plot_stat_map
 
         kwargs = {"threshold": threshold, "colorbar": True, "title": title}
-        img = nib.load(str(path))
+        img = _load(path)
         data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
         if is_positive_only(statistic, data, test):
             img, source = _positive_part(img, data), None
@@ -357,7 +390,7 @@ class _Figures:
         """
         from nilearn.plotting import view_img
 
-        img = nib.load(str(path))
+        img = _load(path)
         data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
         options = {}
         positive = is_positive_only("z", data, test)
@@ -374,7 +407,8 @@ class _Figures:
         page = re.sub(r"<link[^>]*rel=\"icon\"[^>]*/?>", "", page, flags=re.S)
         page = re.sub(r"<title>.*?</title>", lambda _: f"<title>{html.escape(page_title)}</title>", page,
                       count=1, flags=re.S)
-        target.write_text(page)
+        with writing(target):
+            target.write_text(page)
         self.written.append(target)
         return target.relative_to(self.output_dir).as_posix(), title
 
@@ -413,7 +447,7 @@ def _sections(cells, figures):
             for kind, path, sidecar, clusters in contrast.thresholded:
                 statistic = sidecar.get("Statistic", stat)
                 label = inference_label(kind, statistic, bool(sidecar.get("TwoSided")))
-                survived = bool(np.any(np.asarray(nib.load(str(path)).dataobj)))
+                survived = bool(np.any(np.asarray(_load(path).dataobj)))
                 images = figures.statmap(path, partial(cell.names.figure, contrast=contrast.label, thresh=kind), statistic, test, threshold=1e-6,
                                          title=_figure_title(contrast.name, label)) if survived else None
                 thresholded.append({
@@ -452,24 +486,26 @@ def render_model_report(output_dir, model_path, target_dir=None):
     import matplotlib
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    output_dir = Path(output_dir)
-    target_dir = Path(target_dir or output_dir)
-    model, cells = collect(output_dir, model_path)
+    output_dir = as_view(output_dir)
+    target_dir = Path(target_dir or output_dir.root)
+    label = model_of(model_path)
+    with unreadable_results(Path(model_path).name):
+        model, cells = collect(output_dir, model_path)
     figures = _Figures(target_dir)
     with matplotlib.rc_context({"text.usetex": False}):
         sections = _sections(cells, figures)
     environment = Environment(loader=FileSystemLoader(str(template_dir())),
                               autoescape=select_autoescape(["html", "j2"]))
-    config_path = latest_config(output_dir)
-    config = _read_json(config_path) if config_path else {}
+    config = read_optional_result(latest_config(output_dir, label))
     page = environment.get_template("report.html.j2").render(
         model=model, model_json=json.dumps(model, indent=2), sections=sections, config=config,
         command=" ".join(html.escape(str(a)) for a in config.get("CommandLine", [])),
         versions=config.get("SoftwareVersions", {}), version=__version__,
-        description=_read_json(output_dir / "dataset_description.json") if (output_dir / "dataset_description.json").exists() else {},
+        description=read_optional_result(output_dir / "dataset_description.json"),
     )
-    target = target_dir / report_file(model_of(model_path))
-    target.write_text(page)
+    target = target_dir / report_file(label)
+    with writing(target):
+        target.write_text(page)
     return [p.relative_to(target_dir) for p in (target, *figures.written)]
 
 
@@ -482,9 +518,24 @@ def _parametric_z_threshold(contrast):
     return None
 
 
-def write_reports(output_dir, target_dir=None):
-    """Render the report of every model in OUTPUT_DIR; returns the written relative paths."""
+def write_reports(output_dir, target_dir=None, models=None):
+    """Render the reports of the models of OUTPUT_DIR; returns the written relative paths.
+
+    Parameters
+    ----------
+    output_dir : str, pathlib.Path or bids_group_app.outputs.view.OutputView
+    target_dir : path-like, optional
+        See :func:`render_model_report`.
+    models : list of str, optional
+        The model labels to render (default: every saved model).
+
+    Raises
+    ------
+    bids_group_app.errors.UnreadableResultsError
+        When a model's files cannot be read back (exit 65), naming it.
+    """
     written = []
     for model_path in saved_models(output_dir):
-        written.extend(render_model_report(output_dir, model_path, target_dir))
+        if models is None or model_of(model_path) in models:
+            written.extend(render_model_report(output_dir, model_path, target_dir))
     return written

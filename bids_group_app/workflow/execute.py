@@ -5,6 +5,7 @@ threshold, and write everything through a staging folder that is committed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -29,9 +30,9 @@ from bids_group_app.outputs.naming import (
     model_file,
     sanitize_label,
 )
-from bids_group_app.outputs.writer import OutputWriter
+from bids_group_app.outputs.writer import OutputWriter, recover
 from bids_group_app.stats.glm import contrast_maps, fit_ols
-from bids_group_app.workflow.reports import publish_reports
+from bids_group_app.workflow.reports import stage_reports
 from bids_group_app.workflow.sidecars import clusters_sidecar, contrast_about, design_sidecar, nulldist_sidecar
 
 LOGGER = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def execute(plan_, config, argv=None):
 
     On failure nothing is left behind: staged files are dropped, and the
     folders this run created are removed again if they are still empty (a
-    concurrent run may have written into them meanwhile).
+    concurrent run may have written into them meanwhile), OUTPUT_DIR also
+    when it holds only the ``.bidsignore`` of its lock.
     """
     created = []
     for folder in (plan_.output_dir, *plan_.output_dir.parents):
@@ -150,6 +152,10 @@ def execute(plan_, config, argv=None):
     try:
         return _execute(plan_, config, argv)
     except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in plan_.output_dir.iterdir()] == [".bidsignore"]:
+                    (plan_.output_dir / ".bidsignore").unlink()
         for folder in created:  # innermost first
             try:
                 folder.rmdir()
@@ -165,29 +171,30 @@ def _execute(plan_, config, argv):
         for cell in plan_.cells:
             LOGGER.info("fitting node %s %s (%d maps)", cell.node.name, cell.group_values or "", len(cell.design.rows))
             _write_cell(writer, cell, plan_, config, versions)
-        writer.json(config_file(time.strftime('%Y%m%d-%H%M%S'), uuid.uuid4().hex[:6]), {
-            "CommandLine": ["bids_group_app"] + list(sys.argv[1:] if argv is None else argv),
-            "Config": config.to_dict(),
-            "Filters": plan_.filters,
-            "SoftwareVersions": versions,
-        })
         # files that concurrent runs into the same OUTPUT_DIR share are merged
         # with what is there, under the lock, so no run clobbers another's
         with output_lock(plan_.output_dir):
+            recover(plan_.output_dir)  # complete the commit of a run killed while committing
             label = model_label(plan_.output_dir, plan_.document)
             if label != plan_.model_label:  # a concurrent run saved another model of this name meanwhile
                 writer.relabel(lambda rel: relabel_model(rel, plan_.model_label, label))
+            writer.json(config_file(time.strftime('%Y%m%d-%H%M%S'), uuid.uuid4().hex[:6]), {
+                "CommandLine": ["bids_group_app"] + list(sys.argv[1:] if argv is None else argv),
+                "Model": label,
+                "Config": config.to_dict(),
+                "Filters": plan_.filters,
+                "SoftwareVersions": versions,
+            })
             saved_model = plan_.output_dir / model_file(label)
             writer.json(saved_model.name, merge_models(read_existing(saved_model), plan_.document))
             description = plan_.output_dir / "dataset_description.json"
             writer.json(description.name, merge_descriptions(
                 read_existing(description), dataset_description([plan_.bids_dir, *plan_.derivatives])))
+            # everything that can fail happens before the commit
+            stage_reports(writer, models=[label], html_reports=not config.reports.no_reports, strict=False)
             written = list(writer.written)
             writer.commit()
-            written += publish_reports(plan_.output_dir, html_reports=not config.reports.no_reports)
     except BaseException:
         writer.abort()
         raise
     return [plan_.output_dir / p for p in written]
-
-

@@ -239,3 +239,23 @@ def test_two_sided_t_section_names_both_tails(t_run):
     assert "Parametric: uncorrected (fpr)" in headings
     text = " ".join(text for tag, text in parser.items if tag == "text")
     assert "uncorrected (fpr) α = 0.001, |z| > 3.291" in text
+
+
+def test_design_figures_of_very_long_column_names_draw(tmp_path):
+    """A 90-character covariate once made the correlation figure fail (no room left for the plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    from nilearn.plotting import plot_design_matrix_correlation
+
+    from bids_group_app.reporting.report import _plain_columns
+
+    long_a, long_b = "age_" + "x" * 90, "age_" + "x" * 90 + "_squared"
+    design = pd.DataFrame(np.random.default_rng(0).normal(size=(12, 3)), columns=["intercept", long_a, long_b])
+    plain = _plain_columns(design)
+    assert len(set(plain.columns)) == 3 and all(len(c) <= 32 for c in plain.columns)
+    assert plain.columns[0] == "intercept" and plain.columns[1].endswith("…")
+    ax = plot_design_matrix_correlation(plain)
+    ax.figure.savefig(tmp_path / "corr.png")
+    assert (tmp_path / "corr.png").stat().st_size > 0
