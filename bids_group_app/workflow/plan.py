@@ -34,8 +34,8 @@ from bids_group_app.inputs.participants import (
 )
 from bids_group_app.model.design import build_design
 from bids_group_app.model.spec import auto_group_by, load_model, model_from_options, parse_model
-from bids_group_app.outputs.commit import model_label
-from bids_group_app.outputs.naming import CellNames, cell_entities, model_file, sanitize_label
+from bids_group_app.outputs.commit import model_label, read_existing
+from bids_group_app.outputs.naming import CellNames, cell_entities, model_file, sanitize_label, saved_models
 
 LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +83,20 @@ def _check_paths(inputs):
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{description} is not valid JSON: {err}") from None
     return bids_dir, output_dir
+
+
+def _check_saved_models(output_dir):
+    """Refuse an OUTPUT_DIR holding a saved model that cannot be read (exit 73).
+
+    Such a file is never overwritten (:func:`~bids_group_app.outputs.commit.model_label`
+    counts it as another model), but the methods text and the reports read
+    every saved model of OUTPUT_DIR: the run would fail after its maps were
+    committed.
+    """
+    for path in saved_models(output_dir):
+        if not isinstance(read_existing(path), dict):
+            raise OutputError(f"{path} is not a readable model (JSON object); move it out of OUTPUT_DIR "
+                              "or choose another OUTPUT_DIR")
 
 
 def _derivatives(inputs, bids_dir, output_dir):
@@ -207,6 +221,7 @@ def plan(config):
     """
     inputs, model_options = config.inputs, config.model
     bids_dir, output_dir = _check_paths(inputs)
+    _check_saved_models(output_dir)
     model = load_model(model_options.model) if model_options.model else None
     derivatives = _derivatives(inputs, bids_dir, output_dir)
     table = inputs_stage.index_maps(bids_dir, derivatives, database_dir=inputs.bids_database_dir)
