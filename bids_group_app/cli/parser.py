@@ -190,6 +190,53 @@ def build_parser():
     return parser
 
 
+#: the options ``--reports-only`` uses; it would silently ignore any other
+REPORTS_ONLY_USES = frozenset({"bids_dir", "output_dir", "analysis_level", "reports_only",
+                               "work_dir", "n_cpus", "verbose", "quiet"})
+
+
+def _given(action, options):
+    """Whether the command line gave the option of ``action`` (its value is not the default)."""
+    value = getattr(options, action.dest, action.default)
+    if isinstance(action, argparse._StoreConstAction):  # e.g. --two-sided/--one-sided share a dest
+        return value != action.default and value == action.const
+    return value != action.default
+
+
+def _check_reports_only(parser, options):
+    """Refuse the options that ``--reports-only`` would ignore (exit 64).
+
+    ``--reports-only`` re-renders the reports of OUTPUT_DIR from its saved
+    models and logged configurations: an analysis option given with it would
+    have no effect, and a user who gave one expects one.
+    """
+    ignored = [action.option_strings[0] for action in parser._actions
+               if action.option_strings and action.dest not in REPORTS_ONLY_USES and _given(action, options)]
+    if ignored:
+        raise UsageError(f"--reports-only re-renders the reports from what OUTPUT_DIR holds and does not use "
+                         f"{', '.join(ignored)}; drop {'it' if len(ignored) == 1 else 'them'} (or run the analysis "
+                         "without --reports-only)")
+
+
+def _check_outside_raw_dataset(options):
+    """Refuse OUTPUT_DIR, ``-w`` or ``--bids-database-dir`` inside the raw BIDS_DIR (exit 64).
+
+    Only ``BIDS_DIR/derivatives/<folder>`` may hold what a run writes: any
+    other place inside BIDS_DIR would modify the raw dataset. Paths are
+    compared resolved (symbolic links and ``..``), as they are when written.
+    """
+    bids_dir = options.bids_dir.expanduser().resolve()
+    derivatives = bids_dir / "derivatives"
+    for flag, path in (("OUTPUT_DIR", options.output_dir), ("-w/--work-dir", options.work_dir),
+                       ("--bids-database-dir", options.bids_database_dir)):
+        if path is None:
+            continue
+        resolved = path.expanduser().resolve()
+        if resolved.is_relative_to(bids_dir) and (resolved == derivatives or not resolved.is_relative_to(derivatives)):
+            raise UsageError(f"{flag} {resolved} is inside BIDS_DIR {bids_dir}, which a run must not modify; "
+                             f"give a folder outside BIDS_DIR or under {derivatives}/ (e.g. {derivatives / 'group'})")
+
+
 def parse_args(argv=None):
     """Parse and check the command line.
 
@@ -200,15 +247,22 @@ def parse_args(argv=None):
     Raises
     ------
     UsageError
-        On any bad option (exit 64).
+        On any bad option (exit 64): among them an option that
+        ``--reports-only`` would ignore, and OUTPUT_DIR, ``-w`` or
+        ``--bids-database-dir`` inside BIDS_DIR but not under
+        ``BIDS_DIR/derivatives/``.
     UnknownAnalysisLevelError
         When the analysis level is not ``group`` (exit 17).
     """
-    options = build_parser().parse_args(argv)
+    parser = build_parser()
+    options = parser.parse_args(argv)
     if options.analysis_level != "group":
         raise UnknownAnalysisLevelError(
             f"analysis level '{options.analysis_level}' is not supported; this app runs the 'group' level"
         )
+    _check_outside_raw_dataset(options)
+    if options.reports_only:
+        _check_reports_only(parser, options)
     spatial = options.tfce or options.cluster_forming_p is not None
     if options.n_perm == 0 and spatial:
         raise UsageError("--tfce and --cluster-forming-p need permutations: give --n-perm N with N > 0")

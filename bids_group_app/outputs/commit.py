@@ -123,16 +123,40 @@ def model_label(output_dir, document):
     """The label a model's files get in OUTPUT_DIR (see :mod:`.naming`).
 
     Its ``Name`` as a label, unless OUTPUT_DIR holds a different model of
-    that name (one that :func:`~.dataset.merge_models` cannot merge with it):
-    then the name followed by 8 hex digits of a hash of the model without its
-    ``Input`` (so the runs of one model over different cells share a label).
+    that name: one that :func:`~.dataset.merge_models` cannot merge with it
+    (another design, or another subject selection), or a file that cannot be
+    read as a model (left as it is). Then the name followed by 8 hex digits
+    of a hash of the model without its ``Input`` but with its subject
+    selection: the runs of one model over the same participants and
+    different cells share a label, runs over other participants do not.
+
+    Raises
+    ------
+    OutputError
+        When the file of that hashed label exists too and cannot hold this
+        model either (unreadable, or saved from other ``Input`` entities):
+        it is not overwritten.
     """
     name = sanitize_label(document.get("Name", "model"))
-    existing = read_existing(Path(output_dir) / model_file(name))
-    if existing is None or merge_models(existing, document) is not None:
+    if _can_hold(Path(output_dir) / model_file(name), document):
         return name
     design = {k: v for k, v in document.items() if k != "Input"}
-    return name + uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(design, sort_keys=True)).hex[:8]
+    subjects = (document.get("Input") or {}).get("subject")
+    if subjects is not None:  # absent: the hash of a run of all participants is the same as before
+        design["Input"] = {"subject": subjects}
+    label = name + uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(design, sort_keys=True)).hex[:8]
+    if not _can_hold(Path(output_dir) / model_file(label), document):
+        raise OutputError(f"{Path(output_dir) / model_file(label)} is unreadable or holds a model that this run "
+                          "cannot be merged with; move it away or choose another OUTPUT_DIR")
+    return label
+
+
+def _can_hold(path, document):
+    """Whether the saved model at ``path`` is absent or one that ``document`` merges with."""
+    if not path.exists():
+        return True
+    existing = read_existing(path)
+    return isinstance(existing, dict) and merge_models(existing, document) is not None
 
 
 def relabel_model(relpath, old, new):

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
-
-import logging
 
 import nibabel as nib
 
@@ -88,7 +87,8 @@ def merge_models(existing, new):
     per first-level contrast with ``--filter``) differ only in ``Input``;
     the merged ``Input`` takes, per entity, the values of both, so
     ``--model`` on the saved file reproduces every run's outputs. Returns
-    None when the designs differ.
+    None when the designs differ, and when the subject selections differ:
+    the union of two runs' participants would reproduce neither run's fit.
     """
     if not isinstance(existing, dict):
         return new
@@ -96,7 +96,7 @@ def merge_models(existing, new):
     if json.dumps(strip(existing), sort_keys=True) != json.dumps(strip(new), sort_keys=True):
         return None
     old_input, new_input = existing.get("Input") or {}, new.get("Input") or {}
-    if set(old_input) != set(new_input):
+    if set(old_input) != set(new_input) or _values(old_input.get("subject")) != _values(new_input.get("subject")):
         return None
     merged = {}
     for key, values in new_input.items():
@@ -104,6 +104,13 @@ def merge_models(existing, new):
         previous = old_input[key] if isinstance(old_input[key], list) else [old_input[key]]
         merged[key] = sorted({*map(str, previous), *map(str, values)}) if None not in previous + values else values
     return {**new, "Input": merged}
+
+
+def _values(value):
+    """An ``Input`` entity's value(s) as a sorted list of strings (None stays None)."""
+    if value is None:
+        return None
+    return sorted(map(str, value if isinstance(value, list) else [value]))
 
 
 def dataset_nodes(model):

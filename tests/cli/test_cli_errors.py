@@ -500,6 +500,27 @@ SUBPROCESS_CASES = {
                        lambda c: [CORRUPT_NAME], {"one_line": True}),
     "64-verbose": (lambda c: [c.bids, c.out, "group", "--alpha", "2", "-v"], 64,
                    lambda c: ["--alpha"], {"verbose": True, "python_m": True}),
+    # issue 9: the level is checked before anything else, and before -w is created
+    "17-level-reports-only": (lambda c: [c.bids, c.out, "participant", "--reports-only"], 17,
+                              lambda c: ["participant"], {"one_line": True}),
+    "17-level-work-dir": (lambda c: [c.bids, c.out, "participant", "-w", c.sandbox / "work"], 17,
+                          lambda c: ["participant"], {"one_line": True}),
+    # issue 9: --reports-only ignores the analysis options: giving one is a usage error
+    "64-reports-only-alpha": (lambda c: [c.bids, c.out, "group", "--reports-only", "--alpha", "0.01"], 64,
+                              lambda c: ["--reports-only", "--alpha"], {"one_line": True}),
+    "64-reports-only-model": (lambda c: [c.bids, c.out, "group", "--reports-only", "--model", _model(c, "no_nodes")],
+                              64, lambda c: ["--reports-only", "--model"], {"one_line": True}),
+    # issue 9: nothing is written into the raw BIDS_DIR, only under BIDS_DIR/derivatives/
+    "64-output-in-bids": (lambda c: [c.bids, c.bids / "grp", "group", "--quiet"], 64,
+                          lambda c: ["OUTPUT_DIR", "grp", "derivatives"], {"one_line": True}),
+    "64-output-in-subject": (lambda c: [c.bids, c.bids / "sub-01" / "grp", "group", "--quiet"], 64,
+                             lambda c: ["OUTPUT_DIR", "sub-01", "derivatives"], {"one_line": True}),
+    "64-output-dotdot": (lambda c: [c.bids, c.bids / "derivatives" / ".." / "grp", "group", "--quiet"], 64,
+                         lambda c: ["OUTPUT_DIR", "grp", "derivatives"], {"one_line": True}),
+    "64-work-dir-in-bids": (lambda c: [c.bids, c.out, "group", "--quiet", "-w", c.bids / "work"], 64,
+                            lambda c: ["--work-dir", "work", "derivatives"], {"one_line": True}),
+    "64-database-in-bids": (lambda c: [c.bids, c.out, "group", "--quiet", "--bids-database-dir", c.bids / "db"], 64,
+                            lambda c: ["--bids-database-dir", "db", "derivatives"], {"one_line": True}),
 }
 
 
@@ -567,3 +588,43 @@ def test_output_inside_derivatives_is_not_taken_as_input_on_a_rerun(inputs_root,
         "model-oneSample_task-localizer_input-language_contrast-intercept_stat-t_statmap.nii.gz",
         "model-oneSample_task-localizer_input-motor_contrast-intercept_stat-t_statmap.nii.gz",
     ]
+
+
+def test_output_dir_through_a_symlink_into_bids_dir_is_refused(ctx, capsys):
+    """Issue 9: a symlink to BIDS_DIR does not hide that OUTPUT_DIR is inside it."""
+    link = ctx.sandbox / "link"
+    link.symlink_to(ctx.bids, target_is_directory=True)
+    before_inputs, before_sandbox = listing(ctx.root), listing(ctx.sandbox)
+    code, err = run_in_process(capsys, [ctx.bids, link / "grp", "group"])
+    check_message(code, err, 64, ["OUTPUT_DIR", "grp", "derivatives"])
+    check_clean(link / "grp", ctx.sandbox, ctx.root, before_inputs, before_sandbox)
+
+
+def test_outputs_under_bids_dir_derivatives_are_accepted(ctx):
+    """Issue 9: OUTPUT_DIR, -w and --bids-database-dir under BIDS_DIR/derivatives/ pass the check."""
+    from bids_group_app.cli.parser import parse_args
+
+    deriv = ctx.bids / "derivatives"
+    config = parse_args([str(ctx.bids), str(deriv / "group"), "group", "-w", str(deriv / "work"),
+                         "--bids-database-dir", str(deriv / "db")])
+    assert config.inputs.output_dir == deriv / "group"
+
+
+def test_parse_error_does_not_create_the_work_dir(ctx, capsys):
+    """Issue 9: -w is created only once the command line is valid."""
+    work = ctx.sandbox / "work"
+    for argv in ([ctx.bids, ctx.out, "participant", "-w", work],
+                 [ctx.bids, ctx.out, "group", "--alpha", "2", "-w", work],
+                 [ctx.bids, ctx.out, "group", "--reports-only", "--covariates", "age", "-w", work]):
+        code, err = run_in_process(capsys, argv)
+        assert code in (17, 64), err
+        assert not work.exists(), argv
+
+
+@pytest.mark.parametrize("options", [["--quiet"], ["-v"], ["--n-cpus", "2"], ["-w", "WORK"]])
+def test_reports_only_accepts_the_options_it_uses(ctx, capsys, options):
+    """Issue 9: only the analysis options are refused with --reports-only (here: no results yet, 66)."""
+    options = [str(ctx.sandbox / "work") if o == "WORK" else o for o in options]
+    capsys.readouterr()
+    code = main([str(ctx.bids), str(ctx.out), "group", "--reports-only", *options])
+    check_message(code, capsys.readouterr().err, 66, ["no results"])

@@ -94,3 +94,12 @@ def test_concurrent_tasks_leave_a_valid_output_dir(example_dataset, tmp_path, ru
     for path in (out / "node-oneSample").glob("*_statmap.nii.gz"):
         assert np.array_equal(np.asarray(nib.load(path).dataobj),
                               np.asarray(nib.load(again / "node-oneSample" / path.name).dataobj)), path.name
+
+
+def test_merge_models_refuses_other_subject_selections():
+    """Issue 9: the union of two runs' participants would reproduce neither run."""
+    a = {"Name": "m", "Nodes": [], "Input": {"contrast": ["motor"], "subject": ["01", "02"]}}
+    b = {"Name": "m", "Nodes": [], "Input": {"contrast": ["language"], "subject": ["02", "03"]}}
+    assert merge_models(a, b) is None
+    same = {"Name": "m", "Nodes": [], "Input": {"contrast": ["language"], "subject": ["01", "02"]}}
+    assert merge_models(a, same)["Input"] == {"contrast": ["language", "motor"], "subject": ["01", "02"]}

@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bids_group_app.cli.run import main
@@ -128,3 +129,75 @@ def test_bad_saved_setting_is_a_usage_error(nilearn_dataset, tmp_path, capsys):
     assert _run([ds, tmp_path / "o2", "group", "--model", bad]) == 64
     err = capsys.readouterr().err.strip()
     assert "Connectivity=7" in err and "6, 18 or 26" in err and len(err.splitlines()) == 1
+
+
+def _t_maps(folder, label):
+    """``{file name without the model label: array}`` of the t maps of model ``label``."""
+    import nibabel as nib
+
+    maps = {}
+    for path in sorted(Path(folder).rglob("*_stat-t_statmap.nii.gz")):
+        name = parse(path.relative_to(folder))
+        if name.get("model") == label:
+            maps[path.name.replace(f"model-{label}_", "")] = np.asarray(nib.load(path).dataobj)
+    return maps
+
+
+def _assert_same_maps(got, expected):
+    assert got and sorted(got) == sorted(expected)
+    for key, array in expected.items():
+        assert np.array_equal(got[key], array, equal_nan=True), key
+
+
+def test_runs_with_different_participants_keep_their_own_saved_models(nilearn_dataset, tmp_path):
+    """Issue 9: a second --participant-label selection is saved as its own model, not merged into the first."""
+    ds, out = nilearn_dataset["root"], tmp_path / "out"
+    runs = [["01", "02", "03", "04", "05"], ["04", "05", "06", "07", "08", "09"]]
+    expected = []
+    for labels in runs:
+        before = set(out.glob("model-*_smdl.json"))
+        assert _run([ds, out, "group", "--no-reports", "--quiet", "--participant-label", *labels]) == 0
+        [saved] = set(out.glob("model-*_smdl.json")) - before  # each run saves a model file of its own
+        label = saved.name[len("model-"):-len("_smdl.json")]
+        expected.append((labels, saved, _t_maps(out, label)))
+    saved_texts = {saved: saved.read_text() for _, saved, _ in expected}
+    for i, (labels, saved, maps) in enumerate(expected):
+        document = json.loads(saved.read_text())
+        assert document["Input"]["subject"] == labels
+        again = tmp_path / f"again{i}"
+        assert _run([ds, again, "group", "--no-reports", "--quiet", "--model", saved]) == 0
+        _assert_same_maps(_t_maps(again, document["Name"]), maps)
+    # a third run with the first run's participants lands in the first run's model
+    first_labels, first_saved, first_maps = expected[0]
+    assert _run([ds, out, "group", "--no-reports", "--quiet", "--participant-label", *first_labels]) == 0
+    assert set(out.glob("model-*_smdl.json")) == set(saved_texts)
+    assert {p: p.read_text() for p in saved_texts} == saved_texts
+    _assert_same_maps(_t_maps(out, first_saved.name[len("model-"):-len("_smdl.json")]), first_maps)
+
+
+def test_an_unreadable_saved_model_is_left_alone(nilearn_dataset, tmp_path, capsys, caplog):
+    """Issue 9: a corrupt model-<Name>_smdl.json is never overwritten.
+
+    The run goes ahead under the hashed label (another model's damaged file
+    must not break it), warns that the methods text leaves the damaged model
+    out, and leaves the file as it is.
+    """
+    from bids_group_app.outputs.commit import model_label
+
+    ds, out = nilearn_dataset["root"], tmp_path / "out"
+    out.mkdir()
+    corrupt = out / "model-oneSample_smdl.json"
+    text = '{"Name": "oneSample", "Nodes": [\n'
+    corrupt.write_text(text)
+    capsys.readouterr()
+    assert _run([ds, out, "group", "--no-reports", "--quiet"]) == 0
+    assert "leaves out model-oneSample_smdl.json" in caplog.text
+    assert corrupt.read_text() == text
+    (saved,) = [p for p in out.glob("model-oneSample*_smdl.json") if p != corrupt]
+    assert len(saved.name) == len("model-oneSample_smdl.json") + 8
+    assert all(p.name.startswith(saved.name[: -len("_smdl.json")]) for p in out.glob("node-*/*"))
+    document = {"Name": "oneSample", "Nodes": [], "Input": {"contrast": ["motor"]}}
+    label = model_label(out, document)
+    assert label.startswith("oneSample") and len(label) == len("oneSample") + 8
+    corrupt.unlink()
+    assert model_label(out, document) == "oneSample"
