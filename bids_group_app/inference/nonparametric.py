@@ -9,12 +9,15 @@ one shard of it, or merges saved shards), and turns observed statistics and
 null distributions into the ``stat-logp*``, ``stat-tfce``,
 ``stat-size``/``stat-mass`` maps, the null-distribution tables and the
 sidecar fields; :mod:`bids_group_app.workflow.execute` writes them and the
-FWE-thresholded maps.
+FWE-thresholded maps. Before the shufflings are made, their memory (and that
+of the null distributions) is estimated and an ``--n-perm`` that does not
+fit in the available memory is refused (:func:`check_memory`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -25,10 +28,11 @@ from bids_group_app.inference import shards
 from bids_group_app.errors import DataError, UsageError
 from bids_group_app.outputs.naming import FWE_KINDS
 from bids_group_app.stats.permutation import TIE_TOLERANCE, ContrastTest, Settings, choose_scheme, p_values, cluster_maps
-from bids_group_app.stats.shuffling import make_shufflings
+from bids_group_app.stats.shuffling import count_shufflings, make_shufflings, shuffling_memory
 from bids_group_app.stats.geometry import VolumeGeometry
 
 LOGGER = logging.getLogger(__name__)
+GIB = 1 << 30
 P_VALUE_CONVENTION = (
     "p = (1 + #{null >= observed}) / (1 + NumberOfPermutations), the unpermuted data counted once; "
     "exhaustive tests use every distinct shuffling and leave out the identity; a null value at most "
@@ -92,13 +96,78 @@ def resolve_blocks(cell):
     return BlockSpec(variable, labels.astype(str).to_numpy(), whole)
 
 
+def available_memory():
+    """Bytes of memory available to this process now, or None when unknown.
+
+    ``MemAvailable`` of ``/proc/meminfo`` (else the free pages of
+    ``os.sysconf``), lowered to what a cgroup v2 memory limit leaves
+    (containers, SLURM).
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as stream:
+            fields = dict(line.split(":", 1) for line in stream if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as current:
+            text = limit.read().strip()
+            if text != "max":
+                left = int(text) - int(current.read().strip())
+                available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_memory(n_perm, n_shufflings, n_rows, n_null, available, where):
+    """Refuse shufflings whose arrays cannot fit in the available memory.
+
+    Parameters
+    ----------
+    n_perm : int
+        The number asked for (``--n-perm`` / ``NumberOfPermutations``).
+    n_shufflings : int
+        The number that would be made (:func:`~bids_group_app.stats.shuffling.count_shufflings`).
+    n_rows : int
+        Rows of the design.
+    n_null : int
+        Null distributions kept (see :func:`~bids_group_app.stats.shuffling.shuffling_memory`).
+    available : int or None
+        Bytes available (:func:`available_memory`); None: no check.
+    where : str
+        Names the node in the message.
+
+    Raises
+    ------
+    UsageError
+        Naming ``--n-perm``, the estimate, the memory available and the
+        largest ``--n-perm`` that fits.
+    """
+    needed = shuffling_memory(n_rows, n_shufflings, n_null)
+    if available is None or needed <= available:
+        return
+    largest = available // shuffling_memory(n_rows, 1, n_null)
+    raise UsageError(
+        f"--n-perm {n_perm}: the {n_shufflings} shufflings of {where} and their null distributions need about "
+        f"{needed / GIB:.1f} GiB of memory, more than the {available / GIB:.1f} GiB available; "
+        f"give --n-perm {largest} or less (or run where more memory is free)")
+
+
 def cell_shufflings(cell, blocks):
-    """The shufflings shared by every contrast of a cell."""
+    """The shufflings shared by every contrast of a cell (refused when they cannot fit in memory)."""
     X = cell.design.matrix.to_numpy()
     contrasts = [c.weights for c in cell.design.contrasts]
     settings = cell.settings.permutation
     scheme = settings.shuffle if settings.shuffle != "auto" else choose_scheme(X, contrasts, blocks.labels)
+    n_null = 1 + bool(settings.tfce) + 2 * (settings.cluster_forming_p is not None)
     try:
+        n_shufflings = count_shufflings(X, scheme, settings.n_perm, blocks.labels, blocks.whole_block)
+        check_memory(settings.n_perm, n_shufflings, len(X), n_null, available_memory(), f"node '{cell.node.name}'")
         return make_shufflings(X, scheme, settings.n_perm, settings.seed, blocks.labels, blocks.whole_block)
     except ValueError as err:
         raise DataError(f"node '{cell.node.name}': {err}") from None

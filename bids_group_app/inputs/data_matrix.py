@@ -2,7 +2,8 @@
 
 Inputs may be ``.nii``/``.nii.gz`` (NIfTI-1 or -2) or Analyze ``.img``, any
 dtype; scaling (``scl_slope``/``scl_inter``) is applied by nibabel. NaN
-marks voxels outside the brain.
+marks voxels outside the brain. A map with no finite value, or zero in every
+voxel, holds no data and is refused naming the file (:func:`check_values`).
 
 Grids: every map is brought onto the grid of the first map of the cell.
 A map on another grid is resampled to it (continuous interpolation) with a
@@ -78,7 +79,21 @@ def load_map(path):
     if data.ndim != 3:
         raise DataError(f"{path} has shape {data.shape}; each input must be one 3-D map")
     check_affine(img.affine, path)
+    check_values(data, path)
     return data, img.affine
+
+
+def check_values(data, path):
+    """Raise DataError when a map holds no data: no finite value, or zero in every voxel.
+
+    Such a map (a failed first-level export) would empty the default mask,
+    or enter the model as a subject with no effect anywhere.
+    """
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise DataError(f"{path} holds no data: every voxel is NaN or infinite; rerun or leave out that first-level map")
+    if not np.any(data[finite]):
+        raise DataError(f"{path} holds no data: every voxel is zero (or NaN); rerun or leave out that first-level map")
 
 
 def check_affine(affine, path):

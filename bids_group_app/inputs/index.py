@@ -8,7 +8,9 @@ VBM, ...).  This module
    (:func:`resolve_derivatives`),
 2. indexes their image files with PyBIDS using the app's own entity
    configuration, ``bids_group_app/data/bids_config.json``
-   (:func:`index_maps`),
+   (:func:`index_maps`; a folder named like a subject's map is an error, as
+   PyBIDS would skip it; a database that cannot be written in
+   ``--bids-database-dir`` is an output error),
 3. narrows the index down to the maps to analyse (:func:`default_filters`,
    :func:`select_maps`, :func:`parse_filter_args`,
    :func:`load_bids_filter_file`), and
@@ -44,6 +46,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -79,6 +82,9 @@ _DB_FILE = "layout_index.sqlite"
 _MAX_LISTED = 25
 _FILTER_FORM = "ENTITY=VALUE[,VALUE...] (e.g. --filter contrast=motor,visual)"
 _ENTITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_SUBJECT_IN_NAME = re.compile(r"(?:^|_)sub-[A-Za-z0-9]+")
+#: Top-level folders of a dataset that PyBIDS does not index (its defaults, and nested derivatives).
+_NOT_INDEXED = frozenset({"code", "models", "sourcedata", "stimuli", "derivatives"})
 
 
 # --------------------------------------------------------------------------
@@ -294,7 +300,12 @@ def index_maps(bids_dir, derivatives, *, database_dir=None) -> pd.DataFrame:
         If no image file with a subject entity is found (the message names
         the datasets searched), or a root does not exist.
     DataError
-        If an existing database in ``database_dir`` cannot be read.
+        If an existing database in ``database_dir`` cannot be read, or a
+        folder is named like a map (PyBIDS indexes files only: that
+        subject's map would silently be missing).
+    OutputError
+        If a new database cannot be written in ``database_dir`` (disk full,
+        file size limit, read-only).
     """
     if derivatives is None:
         derivatives = resolve_derivatives(bids_dir)
@@ -309,6 +320,7 @@ def index_maps(bids_dir, derivatives, *, database_dir=None) -> pd.DataFrame:
             raise OutputError(f"--bids-database-dir {database_dir} cannot be created: {err.strerror or err}") from None
     records = []
     for root in roots:
+        _check_map_folders(root)
         found = _index_dataset(root, config, config_text, database_dir)
         LOGGER.info("indexed %d maps in %s", len(found), root)
         records.extend(found)
@@ -346,7 +358,7 @@ def _index_dataset(root: Path, config: dict, config_text: str,
     except OSError as err:
         raise OutputError(f"--bids-database-dir {database_dir} is not writable: {err.strerror or err}") from None
     try:
-        records = _image_records(_build_layout(root, config, tmp), root)
+        records = _write_database(root, config, tmp, database_dir)
         try:
             os.rename(tmp, cache)
             LOGGER.info("saved PyBIDS index %s", cache)
@@ -355,6 +367,43 @@ def _index_dataset(root: Path, config: dict, config_text: str,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return records
+
+
+def _write_database(root: Path, config: dict, tmp: Path, database_dir: Path) -> list[dict]:
+    """Index ``root`` into a new database in ``tmp``; a failed write is an OutputError naming the folder."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return _image_records(_build_layout(root, config, tmp), root)
+    except (OSError, sqlite3.OperationalError, OperationalError) as err:
+        reason = getattr(err, "orig", None) or getattr(err, "strerror", None) or err
+        reason = str(reason).splitlines()[0] if str(reason) else type(err).__name__
+        raise OutputError(f"--bids-database-dir {database_dir}: cannot write the PyBIDS index of {root} ({reason}); "
+                          "free space there or give another folder") from None
+
+
+def _check_map_folders(root: Path) -> None:
+    """Refuse folders named like a subject's map (``sub-03_..._statmap.nii.gz/``).
+
+    PyBIDS indexes files only, so such a map would silently be missing from
+    the analysis. Folders PyBIDS does not index (hidden ones, top-level
+    ``code``, ``sourcedata``, ...) are not searched.
+
+    Raises
+    ------
+    DataError
+        Naming the folders.
+    """
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (here == root and d in _NOT_INDEXED)]
+        found.extend(here / d for d in dirnames if d.endswith(IMAGE_EXTENSIONS) and _SUBJECT_IN_NAME.search(d))
+    if found:
+        listed = ", ".join(str(p) for p in sorted(found)[:_MAX_LISTED])
+        raise DataError(f"{listed} {'is a folder' if len(found) == 1 else 'are folders'}, not image files: "
+                        "the map would be missing from the analysis; put the image there or move the folder out "
+                        "of the dataset")
 
 
 def _build_layout(root: Path, config: dict, database_path):

@@ -32,14 +32,27 @@ maps ``logp``, ``logpmaxt``, ``tfce``, ``logpmaxtfce``, ``size``, ``mass``,
 ``bonferroni``, or an FWE kind of :data:`FWE_KINDS`). Labels are sanitised
 to BIDS alphanumerics (``-`` becomes ``Minus``, ``+`` ``Plus``, other
 separators camelCase the next letter).
+
+Long labels: a file name component may not exceed 255 bytes, so a label
+longer than :data:`LABEL_LIMIT` (46) characters is cut to its first 38
+characters followed by 8 hex digits of the SHA-1 of the whole label
+(:func:`cap_label`): distinct long labels stay distinct and a label is named
+the same in every run. With that cap the longest names (a figure of a
+relabelled model, a node, a contrast and one GroupBy value, all long, with
+the longest ``stat``/``thresh`` labels) stay under 255 bytes; a name that still would
+not (several long GroupBy keys and values) is a
+:class:`~bids_group_app.errors.UsageError`. Only file names are cut: the
+saved model, sidecars and report keep the full names from the model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bids_group_app.errors import UsageError
 from bids_group_app.outputs.view import as_view
 
 ENTITY_KEYS = {
@@ -56,6 +69,11 @@ ENTITY_KEYS = {
 #: Entities of an output name that are not GroupBy values, in their order.
 RESERVED = ("model", "node", "contrast", "stat", "thresh")
 EXTENSIONS = (".nii.gz", ".json", ".tsv", ".png", ".html", ".npz")
+#: Longest label kept whole; longer ones are cut (see :func:`cap_label`).
+LABEL_LIMIT = 46
+_HASH_DIGITS = 8
+#: Bytes a file name component may hold on common file systems (ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -93,7 +111,29 @@ def sanitize_label(value):
     parts = [p for p in re.split(r"[^A-Za-z0-9]+", text) if p]
     if not parts:
         return "unnamed"
-    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+    return cap_label(parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:]))
+
+
+def cap_label(label):
+    """Cut a label longer than :data:`LABEL_LIMIT`, ending it with 8 hex digits of its SHA-1.
+
+    >>> cap_label("a" * 50)
+    'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa6c177354'
+    """
+    if len(label) <= LABEL_LIMIT:
+        return label
+    digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:_HASH_DIGITS]
+    return label[:LABEL_LIMIT - _HASH_DIGITS] + digest
+
+
+def _check_length(name):
+    """Raise UsageError when a file name is longer than :data:`NAME_MAX` bytes."""
+    size = len(name.encode("utf-8"))
+    if size > NAME_MAX:
+        raise UsageError(
+            f"output file name {name[:80]}... would be {size} bytes, over the {NAME_MAX} a file system allows "
+            f"(labels over {LABEL_LIMIT} characters are already cut); shorten the model, node, contrast or GroupBy "
+            "names and values, or group by fewer variables")
 
 
 def cell_entities(group_values):
@@ -157,6 +197,7 @@ class OutputName:
     def relpath(self):
         """The path relative to OUTPUT_DIR."""
         name = join_name(_join(self.entities), f"{self.suffix}{self.extension}")
+        _check_length(name)
         return f"{self.folder}/{name}" if self.folder else name
 
     def with_model(self, model):

@@ -28,6 +28,11 @@ identity is left out of the null; otherwise ``n_perm`` are drawn uniformly
 (with replacement, the identity possible) from the seed, so the
 permutation p-value ``(1 + #{null >= observed}) / (1 + n_perm)`` is exact
 or valid respectively.
+
+Memory: the shufflings are held as arrays (5 bytes a row each) for the whole
+run, and each gets its null maxima; :func:`count_shufflings` and
+:func:`shuffling_memory` size them before they are made, so that a run can
+refuse an ``n_perm`` that cannot fit.
 """
 
 from __future__ import annotations
@@ -112,6 +117,45 @@ def count_distinct(X, scheme, blocks=None, whole_block=False):
     if scheme in ("signflip", "both"):
         flips = 2 ** (len(groups) if whole_block else n)
     return perms * flips
+
+
+def _exhaustive(n_distinct, n_perm):
+    """Whether every distinct shuffling is enumerated (instead of drawing ``n_perm``)."""
+    return n_distinct <= min(n_perm + 1, MAX_ENUMERATION)
+
+
+def count_shufflings(X, scheme, n_perm, blocks=None, whole_block=False):
+    """Number of shufflings :func:`make_shufflings` returns, without making them.
+
+    All distinct ones but the identity when they are enumerated, else ``n_perm``.
+    """
+    n_distinct = count_distinct(X, scheme, blocks, whole_block)
+    return n_distinct - 1 if _exhaustive(n_distinct, n_perm) else n_perm
+
+
+def shuffling_memory(n_rows, n_shufflings, n_null):
+    """Bytes a permutation run holds for its shufflings and null distributions.
+
+    Per shuffling: its order (int32) and signs (int8), twice (the arrays, and
+    the copy hashed for the shard key), and each of the ``n_null`` null
+    maxima (float64) three times (the null, its sorted copy for p-values, the
+    null table) plus the table's shuffling index. The voxel-sized arrays of
+    the engine do not grow with the number of shufflings and are not counted.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of the design (maps).
+    n_shufflings : int
+    n_null : int
+        Null distributions kept: 1 (maximum statistic), +1 with TFCE, +2
+        with cluster inference (size and mass).
+
+    Returns
+    -------
+    int
+    """
+    return n_shufflings * (2 * 5 * n_rows + 8 * (3 * n_null + 1))
 
 
 def _multiset_permutations(items):
@@ -238,7 +282,7 @@ def make_shufflings(X, scheme, n_perm, seed, blocks=None, whole_block=False):
     if whole_block and scheme in ("permute", "both") and len({len(g) for g in groups}) > 1:
         raise ValueError("whole-block permutation needs exchangeability blocks of equal size")
     n_distinct = count_distinct(X, scheme, blocks, whole_block)
-    if n_distinct <= min(n_perm + 1, MAX_ENUMERATION):
+    if _exhaustive(n_distinct, n_perm):
         orders, signs = _enumerate(X, scheme, blocks, whole_block)
         keep = np.array([not _is_identity(o, s) for o, s in zip(orders, signs)])
         return Shufflings(orders[keep], signs[keep], scheme, True, n_distinct)

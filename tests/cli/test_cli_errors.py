@@ -9,7 +9,10 @@ untouched.
 
 Most cases run in-process (``bids_group_app.cli.run.main``); a subset runs as
 real subprocesses, launched in parallel by one module fixture, to check the
-process exit status and the real stderr.
+process exit status and the real stderr; among them, failures that only a
+process shows (a file size limit while the PyBIDS database is written), and
+one run that must succeed (300-character model, node and contrast names:
+file names are capped, sidecars keep the names whole).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -40,6 +45,7 @@ RUN2_NAME = "sub-02_task-localizer_run-2_contrast-motor_stat-effect_statmap.nii.
 ERROR_PREFIX = "bids_group_app: error: "
 LOG_LINE = re.compile(r"^\d{2}:\d{2}:\d{2} \[[A-Z]+\] ")  # cli.run's logging format
 STAGING = ".bids_group_app-staging-*"
+LONG = "a" * 300  # a model, node and contrast name longer than a file name may be
 
 def _contrast_model(contrasts, dummy=None, **node):
     """A one-node regression model on age with these Contrasts (and node fields, Model.Software)."""
@@ -100,6 +106,13 @@ MODELS = {
                                                               "Instructions": [{"Name": "Factor", "Input": ["sex"], "Constraint": 3}]}),
     "contrasts_number": _contrast_model(5),
     "deep": "[" * 100_000 + "]" * 100_000,
+    # names of 300 characters: file names are capped, sidecars keep them whole
+    "long_names": {
+        "Name": "M" + LONG, "BIDSModelVersion": "1.0.0",
+        "Nodes": [{"Level": "Dataset", "Name": "N" + LONG, "GroupBy": ["contrast"],
+                   "Model": {"Type": "glm", "X": [1, "age"]},
+                   "Contrasts": [{"Name": "C" + LONG, "ConditionList": ["age"], "Weights": [1], "Test": "t"}]}],
+    },
     # Demean needs numbers
     "demean_sex": {
         "Name": "demeanSex", "BIDSModelVersion": "1.0.0",
@@ -122,6 +135,10 @@ def inputs_root(tmp_path_factory):
     so no warning is logged); ``corrupt``: a copy with a truncated ``.nii.gz``
     (in the second GroupBy cell, so the first cell is staged before the
     failure); ``run2``: a copy with an extra run-2 map for sub-02/motor;
+    ``all_nan``/``all_zero``: copies where CORRUPT_NAME holds only NaN / only
+    zeros; ``map_folder``: a copy where CORRUPT_NAME is a folder; ``ten``: a
+    10-subject dataset (a regression over 10 maps has too many permutations
+    to enumerate);
     ``models/``: model JSON files.
     """
     root = tmp_path_factory.mktemp("cli-errors-inputs")
@@ -140,6 +157,13 @@ def inputs_root(tmp_path_factory):
     shutil.copy2(sub_dir / RUN1_NAME, sub_dir / RUN2_NAME)
 
     _bad_participants(root, bids)
+    for name, value in (("all_nan", np.nan), ("all_zero", 0.0)):
+        _constant_map(root / name, bids, value)
+    make_example_dataset(root / "ten", "nilearn", n_subjects=10, extra_participant=False)
+    folder = root / "map_folder"
+    shutil.copytree(bids, folder)
+    (folder / DERIV / "sub-03" / CORRUPT_NAME).unlink()
+    (folder / DERIV / "sub-03" / CORRUPT_NAME).mkdir()
     for name, value in (("zero_affine", 0.0), ("nan_affine", np.nan)):
         _bad_affine(root / name, bids, value)
 
@@ -162,6 +186,14 @@ def _bad_participants(root, bids):
                           ("inf_age", "".join([header, "\t".join(cells) + "\n", *rest]))):
         shutil.copytree(bids, root / name)
         (root / name / "participants.tsv").write_text(content)
+
+
+def _constant_map(target, bids, value):
+    """A copy of ``bids`` where CORRUPT_NAME holds ``value`` in every voxel."""
+    shutil.copytree(bids, target)
+    path = target / DERIV / "sub-03" / CORRUPT_NAME
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.full(img.shape, value, dtype=np.float32), img.affine), path)
 
 
 def _bad_affine(target, bids, value):
@@ -258,15 +290,18 @@ def check_message(code, err, expected_code, names):
     return message
 
 
-def check_clean(output_dir, sandbox, inputs_root, before_inputs, before_sandbox):
-    """No map or staging folder left; nothing written outside OUTPUT_DIR; inputs untouched."""
+def check_clean(output_dir, sandbox, inputs_root, before_inputs, before_sandbox, skip=None):
+    """No map or staging folder left; nothing written outside OUTPUT_DIR; inputs untouched.
+
+    ``skip``: folders, OUTPUT_DIR included, the run may write (e.g. ``--bids-database-dir``).
+    """
     output_dir = Path(output_dir)
     if output_dir.is_dir() and not output_dir.resolve().is_relative_to(Path(inputs_root).resolve()):
         assert not list(output_dir.rglob("*_statmap.nii.gz")), "a failed run left statistical maps"
     assert not list(Path(sandbox).rglob(STAGING)), "a failed run left a staging folder"
     assert not list(Path(inputs_root).rglob(STAGING))
     assert listing(inputs_root) == before_inputs, "BIDS_DIR / model files were modified"
-    after = listing(sandbox, skip=[output_dir])
+    after = listing(sandbox, skip=skip or [output_dir])
     # the sandbox folder's own mtime changes when OUTPUT_DIR is created in it
     after.pop(".", None)
     before = {k: v for k, v in before_sandbox.items() if k != "."}
@@ -521,7 +556,33 @@ SUBPROCESS_CASES = {
                             lambda c: ["--work-dir", "work", "derivatives"], {"one_line": True}),
     "64-database-in-bids": (lambda c: [c.bids, c.out, "group", "--quiet", "--bids-database-dir", c.bids / "db"], 64,
                             lambda c: ["--bids-database-dir", "db", "derivatives"], {"one_line": True}),
+    # maps that hold nothing, a folder named like a map
+    "65-all-nan-map": (lambda c: [c.root / "all_nan", c.out, "group", "--quiet"], 65,
+                       lambda c: [CORRUPT_NAME, "NaN"], {"one_line": True}),
+    "65-all-zero-map": (lambda c: [c.root / "all_zero", c.out, "group", "--quiet"], 65,
+                        lambda c: [CORRUPT_NAME, "zero"], {"one_line": True}),
+    "65-folder-named-like-a-map": (lambda c: [c.root / "map_folder", c.out, "group", "--quiet"], 65,
+                                   lambda c: [CORRUPT_NAME, "folder"], {"one_line": True}),
+    # shufflings that cannot fit in memory on any machine (a regression over 10 subjects draws all 10^12)
+    "64-n-perm-memory": (lambda c: [c.root / "ten", c.out, "group", "--quiet", "--filter", "contrast=motor",
+                                    "--covariates", "age", "--n-perm", str(10**12)],
+                         64, lambda c: ["--n-perm 1000000000000", "GiB", "or less"], {"one_line": True}),
+    # the PyBIDS database cannot be written (file size limit: writes fail with EFBIG, as on a full disk)
+    "73-database-write-fails": (lambda c: [c.bids, c.out, "group", "--quiet", "--bids-database-dir", c.sandbox / "db"], 73,
+                                lambda c: [c.sandbox / "db"], {"one_line": True, "file_size_limit": 20_000,
+                                                               "written": lambda c: [c.sandbox / "db"]}),
+    # 300-character model, node and contrast names: a run that succeeds, with capped file names
+    "0-long-names": (lambda c: [c.bids, c.out, "group", "--quiet", "--filter", "contrast=motor",
+                                "--model", _model(c, "long_names")], 0, lambda c: [], {}),
 }
+
+
+def _file_size_limit(size):
+    """A ``preexec_fn`` capping the size of files the process writes (writes beyond fail with EFBIG)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return limit
 
 
 @pytest.fixture(scope="module")
@@ -532,19 +593,22 @@ def subprocess_results(inputs_root, tmp_path_factory):
     for case_id, (make_argv, _, _, opts) in SUBPROCESS_CASES.items():
         c = _context(inputs_root, tmp_path_factory.mktemp(f"cli-errors-{case_id}") / "sandbox")
         argv = [str(a) for a in make_argv(c)]
-        before_sandbox = listing(c.sandbox, skip=[Path(argv[1])])
+        skip = [Path(argv[1]), *opts.get("written", lambda c: [])(c)]
+        before_sandbox = listing(c.sandbox, skip=skip)
         cmd = ([sys.executable, "-m", "bids_group_app"] if opts.get("python_m") else _command()) + argv
-        proc = subprocess.Popen(cmd, cwd=c.sandbox, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        running[case_id] = (proc, c, argv, before_sandbox)
+        limit = opts.get("file_size_limit")
+        proc = subprocess.Popen(cmd, cwd=c.sandbox, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_file_size_limit(limit) if limit else None)
+        running[case_id] = (proc, c, argv, before_sandbox, skip)
     results = {}
-    for case_id, (proc, c, argv, before_sandbox) in running.items():
+    for case_id, (proc, c, argv, before_sandbox, skip) in running.items():
         try:
             out, err = proc.communicate(timeout=180)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
         results[case_id] = SimpleNamespace(code=proc.returncode, stdout=out, stderr=err, ctx=c,
-                                           output_dir=Path(argv[1]), before_sandbox=before_sandbox)
+                                           output_dir=Path(argv[1]), before_sandbox=before_sandbox, skip=skip)
     return results, before_inputs
 
 
@@ -554,6 +618,9 @@ def test_error_as_subprocess(case_id, subprocess_results, inputs_root):
     result = results[case_id]
     _, expected, make_names, opts = SUBPROCESS_CASES[case_id]
     names = make_names(result.ctx)
+    if expected == 0:
+        check_success(result, inputs_root, before_inputs)
+        return
     assert result.code == expected, f"exit {result.code}, expected {expected}; stderr:\n{result.stderr}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith(ERROR_PREFIX), result.stderr
@@ -566,7 +633,30 @@ def test_error_as_subprocess(case_id, subprocess_results, inputs_root):
     if opts.get("one_line"):
         assert len(lines) == 1, f"stderr is not one line:\n{result.stderr}"
     assert result.stdout == ""
-    check_clean(result.output_dir, result.ctx.sandbox, inputs_root, before_inputs, result.before_sandbox)
+    check_clean(result.output_dir, result.ctx.sandbox, inputs_root, before_inputs, result.before_sandbox,
+                skip=result.skip)
+
+
+def check_success(result, inputs_root, before_inputs):
+    """The long-names run: exit 0, maps written, every name component < 255 bytes, full names in sidecars."""
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr and ERROR_PREFIX not in result.stderr, result.stderr
+    written = list(result.output_dir.rglob("*"))
+    maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
+    assert maps, "no map written"
+    assert all(len(p.name.encode()) < 255 for p in written)
+    model_label = "M" + "a" * 37  # cut to 38 characters + 8 hex digits of the full label's hash
+    assert all(p.name.startswith(f"model-{model_label}") and len(p.name.split("_")[0]) == len("model-") + 46
+               for p in maps)
+    t_map = next(p for p in maps if "_stat-t_statmap" in p.name)
+    about = json.loads(t_map.with_name(t_map.name.replace(".nii.gz", ".json")).read_text())
+    assert "C" + LONG in json.dumps(about) and "N" + LONG in json.dumps(about)
+    (saved,) = result.output_dir.glob("model-*_smdl.json")
+    assert json.loads(saved.read_text())["Name"] == "M" + LONG
+    assert listing(inputs_root) == before_inputs
+    after = listing(result.ctx.sandbox, skip=[result.output_dir])
+    after.pop(".", None)
+    assert after == {k: v for k, v in result.before_sandbox.items() if k != "."}
 
 
 def test_failure_while_fitting_removes_the_output_dir_it_created(ctx, capsys):

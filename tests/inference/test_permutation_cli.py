@@ -346,6 +346,61 @@ def test_merge_with_a_missing_shard_exits_66_naming_it(shard_array, one_sample, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_merge_with_a_damaged_shard_exits_65_naming_it(shard_array, one_sample, tmp_path, damage):
+    """A 0-byte or cut shard file (a job killed or a disk full while it was copied) is named, to be rerun."""
+    work = tmp_path / "work"
+    shutil.copytree(shard_array["work"], work)
+    (bad,) = (work / "perm-shards").glob(f"*-shard-2of{N_SHARDS}.npz")
+    bad.write_bytes(b"" if damage == "empty" else bad.read_bytes()[: bad.stat().st_size // 2])
+    out = tmp_path / "out"
+    result = subprocess.run(cli_command(*with_out(one_sample, out, "-w", work, "--merge-perm-shards")),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 65, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(ERROR_PREFIX)]
+    assert len(errors) == 1, result.stderr
+    assert str(bad) in errors[0] and f"--perm-shard 2/{N_SHARDS}" in errors[0] and "rerun" in errors[0]
+    assert not out.exists()
+
+
+def test_a_leftover_temporary_shard_is_never_read(shard_array, one_sample, base_run, run_cli, tmp_path, caplog):
+    """A killed shard job leaves its partial temporary file in -w: the merge ignores it (with a warning)."""
+    work = tmp_path / "work"
+    shutil.copytree(shard_array["work"], work)
+    (shard,) = (work / "perm-shards").glob(f"*-shard-2of{N_SHARDS}.npz")
+    leftover = shard.with_name(f".{shard.name}.k1ll3d.tmp.npz")
+    leftover.write_bytes(shard.read_bytes()[:100])
+    out = tmp_path / "merged"
+    ok(run_cli, *with_out(one_sample, out, "-w", work, "--merge-perm-shards"))
+    assert_identical_outputs(base_run, out)
+    assert any(leftover.name in r.getMessage() for r in caplog.records)
+
+
+def test_saving_a_shard_is_atomic_and_removes_its_leftover_temporary_file(tmp_path, monkeypatch):
+    from bids_group_app.inference import shards
+    from bids_group_app.stats.permutation import NullDistribution
+
+    null = NullDistribution(max_stat=np.arange(4.0), exceedances=np.arange(3))
+    folder = tmp_path / "perm-shards"
+    folder.mkdir()
+    stale = folder / ".abc-shard-1of2.npz.xyz.tmp.npz"
+    other = folder / ".abc-shard-2of2.npz.xyz.tmp.npz"  # another shard's job may still be writing it
+    stale.write_bytes(b"partial")
+    other.write_bytes(b"partial")
+    target = shards.save(tmp_path, "abc", 1, 2, null)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([target.name, other.name])
+
+    def killed(stream, **arrays):  # the job dies while writing
+        stream.write(b"PK")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        shards.save(tmp_path, "abc", 2, 2, null)
+    assert not (folder / "abc-shard-2of2.npz").exists()
+
+
 @pytest.mark.parametrize("shard", ["0/3", "4/3", "3/0", "1-3", "x/3"])
 def test_bad_shard_spec_is_a_usage_error(one_sample, run_cli, tmp_path, capsys, shard):
     out, work = tmp_path / "out", tmp_path / "work"

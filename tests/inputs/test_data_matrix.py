@@ -122,3 +122,17 @@ def test_map_on_another_grid_is_resampled_with_a_warning(tmp_path, caplog):
     assert dm.resampled == [str(p1)]
     assert "b.nii.gz is on another grid" in caplog.text
     assert dm.Y.shape[0] == 2
+
+
+@pytest.mark.parametrize("value, words", [(np.nan, "NaN"), (np.inf, "NaN or infinite"), (0.0, "zero")])
+def test_load_map_rejects_a_map_with_no_value_naming_it(tmp_path, value, words):
+    empty = _write(tmp_path / "empty.nii.gz", np.full((6, 6, 6), value, dtype=np.float32))
+    with pytest.raises(DataError, match=rf"empty\.nii\.gz.*{words}"):
+        load_map(empty)
+
+
+def test_load_map_accepts_zeros_and_nans_around_values(tmp_path):
+    data = np.zeros((6, 6, 6), dtype=np.float32)
+    data[:3] = np.nan
+    data[4, 4, 4] = 1.0
+    assert load_map(_write(tmp_path / "sparse.nii.gz", data))[0][4, 4, 4] == 1.0

@@ -15,6 +15,7 @@ from bids_group_app.errors import (
     DataError,
     MissingInputError,
     NoFilesSelectedError,
+    OutputError,
     UsageError,
 )
 
@@ -467,3 +468,40 @@ def test_find_collisions_nodes_and_nan(table):
     nilearn = of_dataset(table, "nilearn_glm")
     effect = nilearn[nilearn["stat"] == "effect"]
     assert len(inputs.find_collisions(effect, ["session"])) == 2
+
+
+def test_a_folder_named_like_a_map_is_an_error_naming_it(bids_dir, tmp_path):
+    deriv = tmp_path / "nilearn_glm"
+    shutil.copytree(bids_dir / NILEARN, deriv)
+    (map_path,) = deriv.glob("sub-01/sub-01_*contrast-motor*stat-effect_statmap.nii*")
+    map_path.unlink()
+    map_path.mkdir()
+    for database in (None, tmp_path / "db"):
+        with pytest.raises(DataError, match=rf"{map_path}.*folder"):
+            inputs.index_maps(bids_dir, [deriv], database_dir=database)
+
+
+def test_folders_pybids_does_not_index_are_not_searched(bids_dir, tmp_path):
+    deriv = tmp_path / "nilearn_glm"
+    shutil.copytree(bids_dir / NILEARN, deriv)
+    for ignored in (".git", "code", "sourcedata"):
+        (deriv / ignored / "sub-01_task-x_bold.nii.gz").mkdir(parents=True)
+    assert len(inputs.index_maps(bids_dir, [deriv])) == len(inputs.index_maps(bids_dir, [bids_dir / NILEARN]))
+
+
+def test_database_write_failure_is_an_output_error_naming_the_folder(bids_dir, tmp_path, monkeypatch):
+    """A full disk while PyBIDS writes its database: exit 73, no half-written database left."""
+    import sqlite3
+
+    real = inputs._build_layout
+
+    def full_disk(root, config, database_path):
+        if database_path is not None:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(root, config, database_path)
+
+    monkeypatch.setattr(inputs, "_build_layout", full_disk)
+    database = tmp_path / "db"
+    with pytest.raises(OutputError, match=rf"{database}.*database or disk is full"):
+        inputs.index_maps(bids_dir, None, database_dir=database)
+    assert list(database.iterdir()) == []
