@@ -27,6 +27,7 @@ from bids_group_app.outputs.dataset import dataset_nodes, latest_config, read_op
 from bids_group_app.outputs.naming import FWE_KINDS as _KINDS, contrast_files, model_cells, model_of, saved_models
 from bids_group_app.outputs.view import as_view
 from bids_group_app.outputs.writer import writing
+from bids_group_app.reporting.graph import model_graph
 from bids_group_app.reporting.templates import template_dir
 
 LOGGER = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def _cell_facts(output_dir, cell, contrast_order):
         "n_maps": design.get("NumberOfMaps", len(inputs)),
         "n_subjects": len(design.get("Subjects", [])),
         "datasets": sorted({i.split(":")[1] for i in inputs if i.startswith("bids:")}),
+        "inputs": inputs,
         "dropped": [{"reason": r, "subjects": s} for r, s in dropped.items()],
         "n_dropped": sum(len(s) for s in dropped.values()),
         "columns": [c for c in columns if c not in subjects],
@@ -200,8 +202,11 @@ def _model_facts(output_dir, model_path):
                                                                        for c in cells),
                               "transformations": (node.get("Transformations") or {}).get("Instructions", []),
                               "filter": node.get("Filter") or {}, "cells": cells})
+    fitted = {node["name"]: [{"NumberOfMaps": c["n_maps"], "Inputs": c["inputs"]} for c in node["cells"]]
+              for node in nodes}
     return {"name": model.get("Name"), "file": model_path.name, "nodes": nodes,
-            "description": model.get("Description", ""), "input": model.get("Input") or {}}
+            "description": model.get("Description", ""), "input": model.get("Input") or {},
+            "graph": model_graph(model, fitted)}
 
 
 def collect(output_dir, strict=True):
