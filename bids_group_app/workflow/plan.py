@@ -323,10 +323,10 @@ def _subject_jobs(route, rows, table):
         variances = []
         if node.fixed_effects:
             variances = [_variance_path(p) for p in runs["path"]]
-            absent = [v or p for p, v in zip(runs["path"], variances) if v not in paths]
+            absent = [v or f"(no stat-effect in {p})" for p, v in zip(runs["path"], variances) if v not in paths]
             if absent:
                 raise DataError(f"node '{node.name}' combines runs by fixed effects, which needs each run's "
-                                f"stat-variance map; missing beside: {', '.join(absent[:5])}"
+                                f"stat-variance map; missing: {', '.join(absent[:5])}"
                                 + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""))
         first = runs.iloc[0]
         entities = {k: first[k] for k in ENTITY_KEYS if k not in ("contrast", "run", "node") and k in runs.columns
