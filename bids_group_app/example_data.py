@@ -13,7 +13,12 @@ Layouts (``LAYOUTS``):
 ``"nilearn"``
     ``derivatives/nilearn_glm/sub-XX/sub-XX_task-localizer_contrast-<c>_stat-<effect|variance>_statmap.nii.gz``
 ``"fitlins"``
-    ``derivatives/fitlins/node-subjectLevel/sub-XX/sub-XX_task-localizer_contrast-<c>_stat-<effect|variance|t|z>_statmap.nii.gz``
+    ``derivatives/fitlins/node-subjectLevel/sub-XX/sub-XX_task-localizer_contrast-<c>_stat-<effect|variance|t|z>_statmap.nii.gz``;
+    with ``n_runs`` (``--runs N``) also the run-level maps
+    ``derivatives/fitlins/node-runLevel/sub-XX/sub-XX_task-localizer_run-<r>_contrast-<c>_stat-<effect|variance|t|z>_statmap.nii.gz``
+    (drawn from their own random stream, so the subject-level files do not
+    change), and without the subject level (``subject_level=False``,
+    ``--no-subject-level``) only those.
 ``"seed004"``
     ``derivatives/first-level/sub-XX/sub-XX_ses-mri_task-facerecognition_desc-<Cond>_effect.nii.gz``
     for 9 conditions, plus a ``desc-EffectsOfInterest_z.nii.gz`` distractor.
@@ -496,6 +501,28 @@ def write_glm_layout(ctx, rows, blobs, fitlins):
     return {"contrasts": list(CONTRASTS)}
 
 
+def write_fitlins_runs(ctx, rows, blobs, n_runs, seed):
+    """Write FitLins run-level maps (``node-runLevel/``): each run is the planted
+    effects plus its own noise, with its own variance map."""
+    rng = np.random.default_rng([seed, 1])
+    weights = {b["name"]: covariate_weights(rows, b["covariate"]) for b in blobs}
+    for s, row in enumerate(rows):
+        sub = row["participant_id"]
+        for run in range(1, n_runs + 1):
+            for contrast in CONTRASTS:
+                effect = smooth_noise(rng, ctx["shape"])
+                for blob in (b for b in blobs if b["contrast"] == contrast):
+                    effect += blob["amplitude"] * weights[blob["name"]][s] * gaussian_blob(ctx["shape"], blob["ijk"])
+                maps = {"effect": np.where(ctx["mask"], effect, 0.0),
+                        "variance": variance_map(rng, ctx["shape"], ctx["mask"])}
+                maps.update(fitlins_t_z(maps["effect"], maps["variance"], ctx["mask"]))
+                stem = f"{sub}_task-localizer_run-{run}_contrast-{contrast}"
+                for stat, data in maps.items():
+                    path = ctx["deriv"] / "node-runLevel" / sub / f"{stem}_stat-{stat}_statmap.nii.gz"
+                    save_map(path, data, ctx["affine"], ctx["mask"], PLAIN_FORMAT)
+    return {"runs": list(range(1, n_runs + 1))}
+
+
 def write_seed004_layout(ctx, rows, blobs):
     """Write 9 condition effect maps (+ an EffectsOfInterest z distractor) per subject."""
     offsets = ctx["rng"].normal(0.0, SEED004_OFFSET_SD, len(rows))
@@ -556,7 +583,7 @@ def layout_blob_specs(layout):
 # --------------------------------------------------------------------------
 def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
                          shape=(20, 24, 20), voxel_size=8.0, mixed_formats=False,
-                         extra_participant=True):
+                         extra_participant=True, n_runs=0, subject_level=True):
     """Write a synthetic raw BIDS dataset with first-level derivatives.
 
     Parameters
@@ -582,6 +609,12 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         about it (the test fixtures want it; the console script leaves it
         out unless ``--extra-participant``). Its row is drawn either way,
         so the other subjects' files are the same with and without it.
+    n_runs : int
+        ``"fitlins"`` layout only: also write this many run-level maps per
+        subject and contrast under ``node-runLevel/`` (with variances).
+    subject_level : bool
+        ``"fitlins"`` layout only: False leaves out ``node-subjectLevel/``
+        (a dataset whose subject level is computed from the runs).
 
     Returns
     -------
@@ -591,7 +624,8 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         ``affine``, ``shape``, ``voxel_size``, ``seed``, ``noise_sd``,
         ``brain`` , ``blobs``, ``null_region``, ``formats`` (per subject),
         plus ``contrasts`` (GLM layouts, vbm: empty) or ``conditions``,
-        ``factors``, ``contrast_weights``, ``subject_offsets`` (seed004).
+        ``factors``, ``contrast_weights``, ``subject_offsets`` (seed004), and
+        ``runs`` (fitlins with ``n_runs``).
         Blob ``amplitude`` is the planted peak in map units; for
         ``kind == "regression"`` it is per unit of the mean-centred covariate.
     """
@@ -600,6 +634,10 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
     n_subjects = DEFAULT_N_SUBJECTS[layout] if n_subjects is None else int(n_subjects)
     if n_subjects < 4:
         raise ValueError("n_subjects must be at least 4")
+    if (n_runs or not subject_level) and layout != "fitlins":
+        raise ValueError("run-level maps (--runs, --no-subject-level) exist only in the fitlins layout")
+    if not subject_level and not n_runs:
+        raise ValueError("without the subject level, give a number of runs (--runs N)")
     root = Path(root)
     rng = np.random.default_rng(seed)
     affine = mni_affine(shape, float(voxel_size))
@@ -618,12 +656,16 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
 
     write_raw_dataset(root, all_rows, layout)
     write_derivative_description(deriv, layout)
-    if layout in ("nilearn", "fitlins"):
+    if layout == "fitlins" and not subject_level:
+        extra = {"contrasts": list(CONTRASTS)}
+    elif layout in ("nilearn", "fitlins"):
         extra = write_glm_layout(ctx, rows, blobs, fitlins=layout == "fitlins")
     elif layout == "seed004":
         extra = write_seed004_layout(ctx, rows, blobs)
     else:
         extra = write_vbm_layout(ctx, rows, blobs)
+    if n_runs:
+        extra.update(write_fitlins_runs(ctx, rows, blobs, int(n_runs), seed))
 
     for blob in blobs:
         blob["xyz_mm"] = list(blob["xyz_mm"])
@@ -669,6 +711,11 @@ def parse_args(argv):
     parser.add_argument("--extra-participant", action="store_true",
                         help="add a participant with raw data and a participants.tsv row but no "
                              "first-level maps (an analysis warns about it)")
+    parser.add_argument("--runs", type=int, default=0, metavar="N",
+                        help="fitlins layout: also write N run-level maps (with variances) per subject "
+                             "and contrast under node-runLevel/")
+    parser.add_argument("--no-subject-level", action="store_true",
+                        help="fitlins layout: leave out node-subjectLevel/ (only run-level maps)")
     return parser.parse_args(argv)
 
 
@@ -694,7 +741,8 @@ def main(argv=None):
         return EXIT_OUTPUT_EXISTS
     try:
         truth = make_example_dataset(root, args.layout, n_subjects=args.n_subjects,
-                                     seed=args.seed, extra_participant=args.extra_participant)
+                                     seed=args.seed, extra_participant=args.extra_participant,
+                                     n_runs=args.runs, subject_level=not args.no_subject_level)
     except ValueError as err:
         print(f"bids_group_app_make_example: {err}", file=sys.stderr)
         return EXIT_BAD_OPTION

@@ -12,7 +12,7 @@ VBM, ...).  This module
    PyBIDS would skip it; a database that cannot be written in
    ``--bids-database-dir`` is an output error),
 3. narrows the index down to the maps to analyse (:func:`default_filters`,
-   :func:`select_maps`, :func:`parse_filter_args`,
+   :func:`select_maps`, :func:`filters_present`, :func:`parse_filter_args`,
    :func:`load_bids_filter_file`), and
 4. reports ambiguous selections (:func:`find_collisions`).
 
@@ -564,6 +564,28 @@ def select_maps(table, filters, participant_labels=None) -> pd.DataFrame:
     if participant_labels:
         selected = _select_participants(selected, participant_labels, applied)
     return selected.reset_index(drop=True)
+
+
+def filters_present(table, filters) -> tuple[dict, dict]:
+    """Split filters into those whose entity some map of ``table`` has, and the rest.
+
+    Used where one set of filters (a model's ``Input``) meets maps of
+    several levels: ``run=1,2`` selects among run-level maps and does not
+    apply to subject-level maps, which have no ``run`` entity. A filter
+    asking for the entity to be absent (``None`` only) always applies.
+
+    Returns
+    -------
+    applied, skipped : dict
+        Both ``{entity: values}``; ``skipped`` holds the filters on
+        entities that no map of ``table`` has.
+    """
+    applied, skipped = {}, {}
+    for entity, value in (filters or {}).items():
+        absent = entity not in table.columns or table[entity].isna().all()
+        wanted = _as_value_list(value)
+        (skipped if absent and any(v is not None for v in wanted) else applied)[entity] = value
+    return applied, skipped
 
 
 def _as_value_list(value) -> list:

@@ -2,8 +2,9 @@
 
 The app runs the ``Dataset``-level nodes of a BIDS Stats Models document
 (https://bids-standard.github.io/stats-models/). Run/Subject/Session nodes
-are first-level work that produced the inputs; they are accepted in the JSON
-and skipped. The short command-line options (``--two-sample``,
+are first-level work that produced the inputs; they are not fit here, but
+the graph (``Edges``, read by :mod:`bids_group_app.model.graph`) says which
+node's maps enter each Dataset node. The short command-line options (``--two-sample``,
 ``--covariates``, ...) are turned into the same JSON document by
 :func:`model_from_options`, so one code path runs both, and the document that
 ran is written to OUTPUT_DIR.
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_group_app.errors import DataError, MissingInputError, UsageError
+from bids_group_app.model.graph import parse_graph
 from bids_group_app.model.transformations import OPTIONS as TRANSFORM_OPTIONS, check_instruction
 
 BIDS_MODEL_VERSION = "1.0.0"
@@ -90,6 +92,7 @@ class ModelSpec:
     document: dict
     input_filters: dict
     nodes: list
+    graph: object = None  # bids_group_app.model.graph.ModelGraph: edges and Run/Session/Subject nodes
 
 
 def _require(cond, message):
@@ -233,7 +236,7 @@ def parse_model(document):
     names = [n.name for n in nodes]
     _require(len(set(names)) == len(names), f"node names must be unique, got {names}")
     input_filters = _filter_dict(document.get("Input") or {}, "Input")
-    return ModelSpec(str(document.get("Name", "model")), document, input_filters, nodes)
+    return ModelSpec(str(document.get("Name", "model")), document, input_filters, nodes, parse_graph(document))
 
 
 def load_model(path):

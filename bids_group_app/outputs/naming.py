@@ -16,6 +16,8 @@ Naming scheme (documented in the README)::
         model-<model>_<cell>_contrast-<c>_stat-<s>_thresh-<h>_statmap.nii.gz|.json
         model-<model>_<cell>_contrast-<c>_thresh-<h>_clusters.tsv|.json
         model-<model>_<cell>_contrast-<c>_nulldist.tsv|.json
+      node-<subject node>/sub-<label>/                     maps the app computed for a Subject/Session node
+        model-<model>_sub-<label>[_ses-<label>]_<entities>_contrast-<c>_stat-<s>_statmap.nii.gz|.json
     WORK_DIR/perm-shards/<key>-shard-<k>of<n>.npz          permutation shards
 
 ``<model>`` is the model's ``Name`` as a label; when OUTPUT_DIR already
@@ -294,6 +296,18 @@ class CellNames:
     def from_name(cls, name, node):
         """The cell of a parsed node-folder name (:func:`parse`)."""
         return cls(name.get("model"), node, name.cell)
+
+
+def computed_map(model, node, subject, entities, contrast, stat, extension=".nii.gz"):
+    """A subject-level map the app computed from run-level maps (or its sidecar).
+
+    ``node-<node>/sub-<subject>/model-<model>_sub-<subject>_<entities>_contrast-<c>_stat-<s>_statmap.nii.gz``;
+    ``entities`` (a dict: session, task, ...) are named as :func:`cell_entities` names them.
+    """
+    subject = sanitize_label(subject)
+    pairs = (("model", model), ("sub", subject), *cell_entities(entities), ("contrast", sanitize_label(contrast)),
+             ("stat", stat))
+    return OutputName(pairs, "statmap", extension, f"{node_folder(node)}/sub-{subject}").relpath
 
 
 def model_file(model):

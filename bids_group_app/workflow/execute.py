@@ -1,6 +1,8 @@
-"""Execution: load the maps of each planned cell, fit, run the permutations,
-threshold, and write everything through a staging folder that is committed
-(under a lock on OUTPUT_DIR) only when every cell succeeded.
+"""Execution: compute the subject-level maps the plan derives from run-level
+maps (:func:`_compute_subject_maps`), load the maps of each planned cell, fit,
+run the permutations, threshold, and write everything through a staging
+folder that is committed (under a lock on OUTPUT_DIR) only when every cell
+succeeded.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from bids_group_app.inference import nonparametric
 from bids_group_app.inference.parametric import atlas_provenance, threshold_contrast, threshold_table
-from bids_group_app.inputs.data_matrix import build_data_matrix, exclude_zero_variance
+from bids_group_app.errors import UsageError
+from bids_group_app.inputs.data_matrix import build_data_matrix, exclude_zero_variance, load_maps
 from bids_group_app.outputs.commit import model_label, output_lock, read_existing, relabel_model
 from bids_group_app.outputs.dataset import (
     dataset_description,
@@ -31,6 +34,7 @@ from bids_group_app.outputs.naming import (
     sanitize_label,
 )
 from bids_group_app.outputs.writer import OutputWriter, recover
+from bids_group_app.stats.fixed_effects import fixed_effects, ols_over_runs
 from bids_group_app.stats.glm import contrast_maps, fit_ols
 from bids_group_app.workflow.reports import stage_reports
 from bids_group_app.workflow.sidecars import clusters_sidecar, contrast_about, design_sidecar, nulldist_sidecar
@@ -92,17 +96,49 @@ def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric
             "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
 
 
-def _data_matrix(cell):
+def _compute_subject_maps(writer, plan_, versions):
+    """Compute and stage the planned subject-level maps (:class:`~.plan.ComputedMap`).
+
+    Returns
+    -------
+    dict
+        ``{path in OUTPUT_DIR: staged path}``, to load them before the commit.
+    """
+    staged = {}
+    for job in plan_.computed:
+        effects, affine, _ = load_maps(job.effects)
+        if job.node.fixed_effects:
+            variances, _, _ = load_maps(job.variances)
+            maps = fixed_effects(effects, variances)
+        elif len(job.effects) < 2:
+            raise UsageError(f"node '{job.node.name}' is an OLS over runs, but sub-{job.subject} has one run "
+                             f"({job.effects[0]}); use Model.Type 'meta' (fixed effects) or select more runs")
+        else:
+            maps = ols_over_runs(effects)
+        if job.weight != 1.0:
+            maps = maps.scaled(job.weight)
+        for stat, values in maps.as_dict().items():
+            writer.image(job.relpaths[stat], nib.Nifti1Image(values.astype(np.float32), affine))
+        writer.json(job.relpaths["effect"][: -len(".nii.gz")] + ".json", {
+            "Node": job.node.name, "Level": job.node.level.capitalize(), "Method": job.method,
+            "ContrastWeight": job.weight, "DegreesOfFreedom": maps.dof,
+            "Sources": list(job.effects) + list(job.variances), "SoftwareVersions": versions})
+        staged[str(plan_.output_dir / job.relpaths["effect"])] = str(writer.staging / job.relpaths["effect"])
+    return staged
+
+
+def _data_matrix(cell, staged=None):
     estimation = cell.settings.estimation
-    dm = build_data_matrix(list(cell.design.rows["path"]), mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm)
+    paths = [(staged or {}).get(p, p) for p in cell.design.rows["path"]]
+    dm = build_data_matrix(paths, mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm)
     where = ", ".join(f"{key}={value}" for key, value in (cell.group_values or {}).items())
     return exclude_zero_variance(dm, cell.design.matrix.to_numpy(), f"node '{cell.node.name}'" + (f" ({where})" if where else ""))
 
 
-def _write_cell(writer, cell, plan_, config, versions):
+def _write_cell(writer, cell, plan_, config, versions, staged=None):
     design = cell.design
     names = cell.names
-    dm = _data_matrix(cell)
+    dm = _data_matrix(cell, staged)
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
     common = {**design_sidecar(cell, plan_, dm), "SoftwareVersions": versions}
     writer.table(names.design(), design.matrix)
@@ -123,6 +159,9 @@ def _write_cell(writer, cell, plan_, config, versions):
 
 def compute_shards(plan_, config):
     """``--perm-shard K/N``: compute and save this shard of every contrast's null."""
+    if plan_.computed:
+        raise UsageError(f"--perm-shard: node '{plan_.computed[0].node.name}' is computed from run-level maps in "
+                         "the full run only; run without --perm-shard")
     saved = 0
     for cell in plan_.cells:
         if not cell.settings.permutation.n_perm:
@@ -168,9 +207,10 @@ def _execute(plan_, config, argv):
     writer = OutputWriter(plan_.output_dir)
     versions = software_versions()
     try:
+        staged = _compute_subject_maps(writer, plan_, versions)
         for cell in plan_.cells:
             LOGGER.info("fitting node %s %s (%d maps)", cell.node.name, cell.group_values or "", len(cell.design.rows))
-            _write_cell(writer, cell, plan_, config, versions)
+            _write_cell(writer, cell, plan_, config, versions, staged)
         # files that concurrent runs into the same OUTPUT_DIR share are merged
         # with what is there, under the lock, so no run clobbers another's
         with output_lock(plan_.output_dir):

@@ -3,6 +3,23 @@
 Paths, derivative datasets, filters, the model (a BIDS Stats Models file or
 the short options), the GroupBy cells and their designs and contrasts, so
 that most bad input fails before anything is computed.
+
+Which maps enter a Dataset node (FitLins layouts)
+-------------------------------------------------
+When the indexed maps carry FitLins's ``node`` entity (``node-<label>/``
+folders) and a model file is given, the edge into each Dataset node decides
+(:func:`_route`): its Source node's folder ``node-<label>/`` (label as
+FitLins writes it, :func:`bids_group_app.model.graph.fitlins_label`)
+provides the maps. A Subject/Session source with no folder of its own but
+whose source Run node has maps is computed from those runs
+(:class:`ComputedMap`, written under ``node-<Subject>/`` and fed to the
+Dataset node; see :mod:`bids_group_app.stats.fixed_effects`). ``Input`` and
+CLI filters apply to the maps whose entities they name: a ``run`` filter
+selects run-level maps and is reported (a warning) as not applying to
+subject-level maps, which have no run; a filter that applies nowhere is an
+error. A Dataset node fed by another Dataset node is refused (exit 64).
+Without a ``node`` entity (nilearn, SPM exports) the edges only carry their
+``Filter`` and every selected map is an input, as before.
 """
 
 from __future__ import annotations
@@ -35,7 +52,14 @@ from bids_group_app.inputs.participants import (
 from bids_group_app.model.design import build_design
 from bids_group_app.model.spec import auto_group_by, load_model, model_from_options, parse_model
 from bids_group_app.outputs.commit import model_label
-from bids_group_app.outputs.naming import CellNames, cell_entities, model_file, sanitize_label
+from bids_group_app.outputs.naming import (
+    ENTITY_KEYS,
+    CellNames,
+    cell_entities,
+    computed_map,
+    model_file,
+    sanitize_label,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,6 +76,54 @@ class Cell:
 
 
 @dataclass
+class ComputedMap:
+    """A subject-level map (per subject, GroupBy cell and contrast) computed from run-level maps.
+
+    Attributes
+    ----------
+    node : bids_group_app.model.graph.LowerNode
+        The Subject/Session node it stands for.
+    subject : str
+    entities : dict
+        Entities shared by its runs that name it (task, session, ...).
+    contrast : str
+        Its contrast name.
+    weight : float
+        The weight of the node's contrast on the intercept.
+    effects, variances : list of str
+        The run-level maps (variances: empty for an OLS over runs).
+    relpaths : dict
+        ``{stat: path relative to OUTPUT_DIR}``, set once the model label is known.
+    """
+
+    node: object
+    subject: str
+    entities: dict
+    contrast: str
+    weight: float
+    effects: list
+    variances: list
+    relpaths: dict = field(default_factory=dict)
+
+    @property
+    def method(self):
+        """``fixed effects`` or ``OLS over runs``."""
+        return "fixed effects" if self.node.fixed_effects else "OLS over runs"
+
+
+@dataclass
+class Route:
+    """Where a Dataset node's maps come from: ``rows`` (index rows) of one source.
+
+    ``subject_node`` is set when the rows are run-level maps to combine first.
+    """
+
+    edge: object
+    rows: object
+    subject_node: object = None
+
+
+@dataclass
 class Plan:
     """Everything decided before any image is loaded."""
 
@@ -63,6 +135,7 @@ class Plan:
     cells: list = field(default_factory=list)
     participants_report: dict = field(default_factory=dict)
     model_label: str = "model"
+    computed: list = field(default_factory=list)  # ComputedMap, computed before the cells are fit
 
 
 def _check_paths(inputs):
@@ -164,6 +237,127 @@ def _check_collisions(rows, node, group_values, entity_columns):
         )
 
 
+def _node_maps(table, label):
+    return table[table["node"] == label]
+
+
+def _route(graph, node_name, table):
+    """The source of a Dataset node's maps (None: every selected map, as without a graph)."""
+    edge = graph.incoming(node_name)
+    if edge is None:
+        return None
+    if graph.levels[edge.source] == "dataset":
+        raise UsageError(f"{edge.describe()}: a Dataset node fed by another Dataset node's outputs is not supported; "
+                         "give the Dataset nodes edges from the Subject (or Run) node, or run them as separate models")
+    source = graph.lower[edge.source]
+    present = sorted(table["node"].dropna().unique())
+    if source.label in present:
+        return Route(edge, _node_maps(table, source.label))
+    upstream = graph.incoming(source.name) if source.level in ("subject", "session") else None
+    runs = graph.lower.get(upstream.source) if upstream is not None else None
+    if runs is not None and runs.label in present:
+        problem = source.problem or (None if "subject" in source.group_by else
+                                     f"node '{source.name}' GroupBy {list(source.group_by)} lacks subject")
+        if problem:
+            raise UsageError(f"{edge.describe()}: the derivatives hold no node-{source.label}/ maps, and node "
+                             f"'{source.name}' cannot be computed from the node-{runs.label}/ maps: {problem}")
+        rows = _node_maps(table, runs.label)
+        if upstream.filters:
+            rows = inputs_stage.select_maps(rows, upstream.filters)
+        return Route(edge, rows, source)
+    raise NoFilesSelectedError(
+        f"{edge.describe()}: the derivatives hold no maps of node '{source.name}' (FitLins folder node-{source.label}/); "
+        f"node folders found: {', '.join('node-' + p for p in present)}")
+
+
+def _select_routed(routes, table, filters, participant_labels):
+    """Select each route's maps with the filters whose entities they have.
+
+    A filter no route's maps can apply is an error (as :func:`select_maps` says);
+    one skipped for some maps only is logged as a warning.
+    """
+    selected, skipped = {}, {}
+    for name, route in routes.items():
+        rows = table if route is None else route.rows
+        applied, skipped[name] = inputs_stage.filters_present(rows, filters)
+        selected[name] = inputs_stage.select_maps(rows, applied, participant_labels)
+    for entity in filters:
+        if all(entity in skips for skips in skipped.values()):  # no selected map has it: is it anywhere?
+            inputs_stage.select_maps(table, {entity: filters[entity]})
+        for name, skips in skipped.items():
+            if entity in skips and routes[name] is not None:
+                LOGGER.warning("filter %s=%s does not apply to the maps of node-%s/ that feed node '%s': they have no "
+                               "'%s' entity", entity, ",".join(map(str, filters[entity])),
+                               routes[name].rows["node"].iloc[0], name, entity)
+    return selected
+
+
+def _varying(rows, keys):
+    ignored = {"path", "dataset", "run", "stat", *keys}
+    return [c for c in rows.columns if c not in ignored and rows[c].nunique(dropna=False) > 1]
+
+
+def _variance_path(effect_path):
+    """The ``stat-variance`` map beside a ``stat-effect`` map (None when the name has no ``stat-effect``)."""
+    folder, name = effect_path.rsplit("/", 1) if "/" in effect_path else ("", effect_path)
+    if "_stat-effect_" not in f"_{name}":
+        return None
+    return f"{folder}/" * bool(folder) + f"_{name}".replace("_stat-effect_", "_stat-variance_", 1)[1:]
+
+
+def _subject_jobs(route, rows, table):
+    """One :class:`ComputedMap` per subject, GroupBy cell and contrast of the route's Subject node."""
+    node = route.subject_node
+    missing = [k for k in node.group_by if k not in rows.columns]
+    if missing:
+        raise DataError(f"node '{node.name}' GroupBy names {', '.join(missing)}, not an entity of the node-"
+                        f"{rows['node'].iloc[0]}/ maps")
+    paths = set(table["path"])
+    jobs = []
+    for _, runs in rows.groupby(list(node.group_by), sort=True):
+        varying = [c for c in _varying(runs, node.group_by) if not (c == "session" and node.level == "subject")]
+        if varying:
+            raise DataError(f"node '{node.name}': the maps of one GroupBy cell differ by {', '.join(varying)} "
+                            f"(e.g. {', '.join(Path(p).name for p in runs['path'][:2])}); add it to the node's GroupBy")
+        runs = runs.sort_values("path")
+        variances = []
+        if node.fixed_effects:
+            variances = [_variance_path(p) for p in runs["path"]]
+            absent = [v or f"(no stat-effect in {p})" for p, v in zip(runs["path"], variances) if v not in paths]
+            if absent:
+                raise DataError(f"node '{node.name}' combines runs by fixed effects, which needs each run's "
+                                f"stat-variance map; missing: {', '.join(absent[:5])}"
+                                + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""))
+        first = runs.iloc[0]
+        entities = {k: first[k] for k in ENTITY_KEYS if k not in ("contrast", "run", "node") and k in runs.columns
+                    and runs[k].notna().all() and runs[k].nunique() == 1}
+        for name, weight in node.contrasts:
+            contrast = name or (first["contrast"] if "contrast" in runs.columns and pd.notna(first["contrast"]) else "intercept")
+            jobs.append(ComputedMap(node, str(first["subject"]), entities, str(contrast), weight,
+                                    list(runs["path"]), variances))
+    return jobs
+
+
+def _computed_rows(jobs, label, output_dir, columns):
+    """Index rows of the computed maps (paths in OUTPUT_DIR), named with the model label."""
+    records = []
+    for job in jobs:
+        job.relpaths = {stat: computed_map(label, job.node.name, job.subject, job.entities, job.contrast, stat)
+                        for stat in ("effect", "variance", "t", "z")}
+        records.append({"path": str(output_dir / job.relpaths["effect"]), "dataset": output_dir.name,
+                        **job.entities, "subject": job.subject, "contrast": job.contrast,
+                        "node": job.node.label, "stat": "effect", "suffix": "statmap", "extension": ".nii.gz"})
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _routes(model, table):
+    """``{Dataset node: Route or None}`` when the maps are FitLins nodes' (None otherwise)."""
+    if model is None or model.graph is None or "node" not in table.columns or table["node"].isna().all():
+        return None
+    routes = {node.name: _route(model.graph, node.name, table) for node in model.nodes}
+    return routes if any(r is not None for r in routes.values()) else None
+
+
 def _pin_settings(document, config):
     """Resolve each Dataset node's analysis settings and write them into the
     document (``Model.Software.bids_group_app``), so the saved model pins them.
@@ -227,7 +421,12 @@ def plan(config):
     subject_filter = model_filters.get("subject")
     explicit = _merge_filters({k: v for k, v in model_filters.items() if k != "subject"}, cli_filters)
     filters = _merge_filters({k: v for k, v in inputs_stage.default_filters(table).items() if k not in explicit}, explicit)
-    selected = inputs_stage.select_maps(table, filters, labels or subject_filter or None)
+    routes = _routes(model, table)
+    if routes is None:
+        selected = inputs_stage.select_maps(table, filters, labels or subject_filter or None)
+    else:
+        routed = _select_routed(routes, table, filters, labels or subject_filter or None)
+        selected = pd.concat(list(routed.values())).drop_duplicates(subset="path").reset_index(drop=True)
     if model is None and not model_options.group_by:
         document["Nodes"][0]["GroupBy"] = auto_group_by(selected, exclude=list(document["Input"]))
     document["Input"] = {**filters, **({"subject": sorted(selected["subject"].unique())} if labels or subject_filter else {})}
@@ -239,13 +438,24 @@ def plan(config):
                        "model-%s_...)", document.get("Name"), model_file(label), label)
 
     entity_columns = [c for c in table.columns if c not in ("path", "dataset")]
+    inputs_of, computed = {}, []
+    if routes is not None:
+        for name, route in routes.items():
+            rows = routed[name]
+            if route is not None and route.subject_node is not None:
+                jobs = _subject_jobs(route, rows, table)
+                rows = _computed_rows(jobs, label, output_dir, table.columns)
+                computed.extend(jobs)
+            inputs_of[name] = rows
+        selected = pd.concat(list(inputs_of.values())).drop_duplicates(subset="path").reset_index(drop=True)
     joined, report = join_participants(selected, participants, entity_columns,
                                        chosen=labels or subject_filter or filters.get("subject"))
     result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report,
-                  model_label=label)
+                  model_label=label, computed=computed)
     keys = set()
     for node in model.nodes:
-        rows = _apply_node_filters(joined, node)
+        rows = joined if routes is None else joined[joined["path"].isin(set(inputs_of[node.name]["path"]))]
+        rows = _apply_node_filters(rows, node)
         for group_values, cell_rows in _cells(rows, node, entity_columns):
             _check_collisions(cell_rows, node, group_values, entity_columns)
             design = build_design(cell_rows.reset_index(drop=True), node, entity_columns)
