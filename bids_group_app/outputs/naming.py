@@ -310,6 +310,16 @@ def computed_map(model, node, subject, entities, contrast, stat, extension=".nii
     return OutputName(pairs, "statmap", extension, f"{node_folder(node)}/sub-{subject}").relpath
 
 
+def computed_sidecars(output_dir, model):
+    """The sidecars of the subject-level maps a model computed (:func:`computed_map`), in name order.
+
+    ``output_dir`` is a path or an :class:`~.view.OutputView`; the paths
+    returned are those a reader opens.
+    """
+    view = as_view(output_dir)
+    return [view / rel for rel in view.glob(f"node-*/sub-*/model-{model}_sub-*_stat-effect_statmap.json")]
+
+
 def model_file(model):
     """``model-<model>_smdl.json``."""
     return f"model-{model}_smdl.json"

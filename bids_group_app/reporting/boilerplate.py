@@ -27,7 +27,7 @@ from bids_group_app.outputs.dataset import dataset_nodes, latest_config, read_op
 from bids_group_app.outputs.naming import FWE_KINDS as _KINDS, contrast_files, model_cells, model_of, saved_models
 from bids_group_app.outputs.view import as_view
 from bids_group_app.outputs.writer import writing
-from bids_group_app.reporting.graph import model_graph
+from bids_group_app.reporting.graph import fitted_nodes, model_graph
 from bids_group_app.reporting.templates import template_dir
 
 LOGGER = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ def _model_facts(output_dir, model_path):
                                                                        for c in cells),
                               "transformations": (node.get("Transformations") or {}).get("Instructions", []),
                               "filter": node.get("Filter") or {}, "cells": cells})
-    fitted = {node["name"]: [{"NumberOfMaps": c["n_maps"], "Inputs": c["inputs"]} for c in node["cells"]]
-              for node in nodes}
+        fitted = fitted_nodes(output_dir, label, {
+            node["name"]: [{"NumberOfMaps": c["n_maps"], "Inputs": c["inputs"]} for c in node["cells"]] for node in nodes})
     return {"name": model.get("Name"), "file": model_path.name, "nodes": nodes,
             "description": model.get("Description", ""), "input": model.get("Input") or {},
             "graph": model_graph(model, fitted)}

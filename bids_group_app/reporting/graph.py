@@ -7,25 +7,23 @@ fit, how many cells and maps, and where the maps came from.
 
 from __future__ import annotations
 
+from bids_group_app.model.graph import parse_graph
+from bids_group_app.outputs.dataset import read_result_json
+from bids_group_app.outputs.naming import computed_sidecars
+
 
 def model_edges(model):
-    """The edges of a model document: its ``Edges``, or (when absent) each node
-    feeding the next in ``Nodes`` order, as the specification says.
+    """The edges of a model document (:func:`~bids_group_app.model.graph.parse_graph`:
+    its ``Edges``, or each node feeding the next in ``Nodes`` order).
 
     Returns
     -------
     list of dict
         ``{"Source", "Destination", "Filter"}`` each; filter values as text.
     """
-    nodes = [n for n in model.get("Nodes") or [] if isinstance(n, dict)]
-    if model.get("Edges"):
-        edges = [e for e in model["Edges"] if isinstance(e, dict)]
-    else:
-        names = [n.get("Name") for n in nodes]
-        edges = [{"Source": a, "Destination": b} for a, b in zip(names, names[1:])]
-    return [{"Source": e.get("Source"), "Destination": e.get("Destination"),
-             "Filter": {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-                        for k, v in (e.get("Filter") or {}).items()}} for e in edges]
+    return [{"Source": e.source, "Destination": e.destination,
+             "Filter": {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in e.filters.items()}}
+            for e in parse_graph(model).edges]
 
 
 def consumed(inputs):
@@ -54,7 +52,9 @@ def model_graph(model, fitted):
         The saved model document.
     fitted : dict
         ``{node name: [design sidecar, ...]}`` of the cells in OUTPUT_DIR
-        (each with ``NumberOfMaps`` and ``Inputs``).
+        (each with ``NumberOfMaps`` and ``Inputs``), and for the lower-level
+        nodes the app computed, the sidecars of their subject maps (each
+        with ``Node`` and ``Method``).
 
     Returns
     -------
@@ -62,24 +62,48 @@ def model_graph(model, fitted):
         One per node, in ``Nodes`` order: ``name``, ``level``, ``group_by``,
         ``model_type``, ``inputs`` (the edges into it), ``ran`` (whether its
         results are in OUTPUT_DIR), ``cells``, ``maps`` and ``consumed``
-        (:func:`consumed`, summed over its cells).
+        (:func:`consumed`, summed over its cells); for a computed lower-level
+        node, ``computed`` (its number of subject maps) and ``methods``.
     """
     edges = model_edges(model)
     graph = []
-    for node in model.get("Nodes") or []:
-        if not isinstance(node, dict):
-            continue
-        name = node.get("Name")
+    for index, node in enumerate(model.get("Nodes") or []):
+        name = node.get("Name", f"node{index}")
         cells = fitted.get(name) or []
         sources = {}
         for sidecar in cells:
             for where, count in consumed(sidecar.get("Inputs") or []).items():
                 sources[where] = sources.get(where, 0) + count
+        computed = [c for c in cells if "Method" in c]
         graph.append({
+            "computed": len(computed), "methods": sorted({c["Method"] for c in computed}),
             "name": name, "level": node.get("Level"), "group_by": node.get("GroupBy") or [],
             "model_type": (node.get("Model") or {}).get("Type", "glm"),
             "inputs": [e for e in edges if e["Destination"] == name],
             "ran": bool(cells), "cells": len(cells),
-            "maps": sum(s.get("NumberOfMaps") or 0 for s in cells), "consumed": sources,
+            "maps": sum(s.get("NumberOfMaps") or 0 for s in cells if "Method" not in s), "consumed": sources,
         })
     return graph
+
+
+def fitted_nodes(output_dir, model_label, designs):
+    """The ``fitted`` argument of :func:`model_graph` for a model of OUTPUT_DIR.
+
+    Parameters
+    ----------
+    output_dir : path-like or bids_group_app.outputs.view.OutputView
+    model_label : str
+    designs : dict
+        ``{Dataset node name: [design sidecar, ...]}``.
+
+    Returns
+    -------
+    dict
+        ``designs`` with, for each lower-level node the app computed, the
+        sidecars of its subject maps.
+    """
+    fitted = {name: list(sidecars) for name, sidecars in designs.items()}
+    for path in computed_sidecars(output_dir, model_label):
+        sidecar = read_result_json(path)
+        fitted.setdefault(sidecar.get("Node"), []).append(sidecar)
+    return fitted

@@ -45,7 +45,7 @@ from bids_group_app.outputs.naming import (
     report_file,
     saved_models,
 )
-from bids_group_app.reporting.graph import model_graph
+from bids_group_app.reporting.graph import fitted_nodes, model_graph
 from bids_group_app.reporting.templates import template_dir
 
 LOGGER = logging.getLogger(__name__)
@@ -500,7 +500,8 @@ def render_model_report(output_dir, model_path, target_dir=None):
     config = read_optional_result(latest_config(output_dir, label))
     page = environment.get_template("report.html.j2").render(
         model=model, model_json=json.dumps(model, indent=2), sections=sections, config=config,
-        graph=model_graph(model, {name: [c.sidecar for c in cells if c.node == name] for name in {c.node for c in cells}}),
+        graph=model_graph(model, fitted_nodes(output_dir, label, {
+            name: [c.sidecar for c in cells if c.node == name] for name in {c.node for c in cells}})),
         command=" ".join(html.escape(str(a)) for a in config.get("CommandLine", [])),
         versions=config.get("SoftwareVersions", {}), version=__version__,
         description=read_optional_result(output_dir / "dataset_description.json"),

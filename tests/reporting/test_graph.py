@@ -70,3 +70,28 @@ def test_methods_text_states_the_graph(chain_run):
     assert "Node `dataLevel` was fitted here on" in text and "`fitlins node-subjectLevel`" in text
     assert "the outputs of `subjectLevel` with `contrast` = `motor`" in text
     assert "Nodes `runLevel` and `subjectLevel` were not fitted by this application (they made its inputs)." in text
+
+
+def test_methods_text_and_report_say_which_node_was_computed_here(tmp_path, run_cli):
+    from bids_group_app.example_data import make_example_dataset
+
+    truth = make_example_dataset(tmp_path / "ds", "fitlins", n_subjects=4, n_runs=2, subject_level=False)
+    model = {"Name": "fema", "BIDSModelVersion": "1.0.0",
+             "Nodes": [{"Level": "Run", "Name": "runLevel", "GroupBy": ["run", "subject"],
+                        "Model": {"Type": "glm", "X": ["motor", 1]}, "DummyContrasts": {"Test": "t"}},
+                       {"Level": "Subject", "Name": "subjectLevel", "GroupBy": ["subject", "contrast"],
+                        "Model": {"Type": "meta", "X": [1]}, "DummyContrasts": {"Test": "FEMA"}},
+                       {"Level": "Dataset", "Name": "dataLevel", "GroupBy": ["contrast"],
+                        "Model": {"Type": "glm", "X": [1]}, "DummyContrasts": {"Test": "t"}}]}
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    out = tmp_path / "out"
+    assert run_cli([truth["root"], out, "group", "--quiet", "--model", tmp_path / "model.json"]) == 0
+    assert run_cli([truth["root"], out, "group", "--quiet", "--reports-only"]) == 0
+    n_computed = len(list(out.glob("node-subjectLevel/sub-*/*_stat-effect_statmap.json")))
+    assert n_computed == 4 * 2  # subjects x first-level contrasts
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert (f"Node `subjectLevel` was computed here: {n_computed} subject-level maps (fixed effects) "
+            "from the run-level maps of `runLevel`.") in text
+    assert "Node `runLevel` was not fitted by this application (it made its inputs)." in text
+    page = (out / "model-fema_report.html").read_text()
+    assert f"computed here: {n_computed} subject maps (fixed effects)" in page
