@@ -241,7 +241,7 @@ def build_design(table, node, entities):
     rows = table
     dropped = []
     for _ in range(len(table) + 1):
-        transformed = apply_transformations(rows, node.transformations)
+        transformed = apply_transformations(rows, node.transformations, entities)
         matrix = expand_x(transformed, node.x, entities)
         bad = matrix.isna().any(axis=1)
         if not bad.any():

@@ -20,7 +20,7 @@ Supported at the Dataset level
 ``GroupBy``
     Entities and participants.tsv columns; one model is fit per cell.
 ``Transformations``
-    ``pybids-transforms-v1``: Demean, Scale, Factor, Replace, Rename, Copy.
+    ``pybids-transforms-v1``: those of :data:`~bids_group_app.model.transformations.OPTIONS`.
 ``Contrasts`` / ``DummyContrasts``
     t (one row of weights) and F (list of rows) tests.
 ``Filter``
@@ -201,7 +201,7 @@ def _parse_node(raw, index, edge_filters):
         software=software,
         x=x,
         group_by=[str(g) for g in _as_list(raw.get("GroupBy"))],
-        transformations=_parse_transformations(raw.get("Transformations"), f"{where}.Transformations"),
+        transformations=_parse_transformations(raw.get("Transformations"), f"{where} '{name}' Transformations"),
         contrasts=contrasts,
         dummy_contrasts=dummy,
         filters=filters,

@@ -22,6 +22,16 @@ Deliberate differences, each tested here and stated in the README:
   a Replace on a numeric column (JSON keys are strings, PyBIDS compares them
   with numbers and replaces nothing), Factor with an ``Output`` (PyBIDS
   renames only the first level's column).
+* Product, Sum, And, Or, Not, Threshold and Orthogonalize of a column with
+  n/a: PyBIDS fills the result in there (Product skips the n/a, Sum counts
+  it as 0, Not/Threshold make it 1/0) or fails (Orthogonalize); here it is
+  n/a, so the map is dropped when the column is in Model.X, and the result
+  equals PyBIDS's on the other rows.
+* Filter: PyBIDS removes the rows that fail the query from the variable;
+  here they become n/a (the maps are dropped when the column is in Model.X).
+* Transformations of run timeseries (Convolve, Lag, ToDense, Resample,
+  Split, Assign), Power (not in PyBIDS) and Group (PyBIDS cannot take its
+  group name from a model document) are refused, naming the node.
 * A Replace whose new values are all numbers gives a numeric column here;
   PyBIDS keeps it as an object column, which its Demean/Scale refuse.
 * Numeric factor levels are labelled as whole numbers when every value is
@@ -104,10 +114,15 @@ def run_pybids(collection, instructions, subjects=None):
     if subjects is not None:
         for variable in collection.variables.values():
             variable.select_rows(variable.index["subject"].isin(subjects).to_numpy())
+            # as loaded from a participants.tsv of those subjects (Orthogonalize indexes by position)
+            variable.values = variable.values.reset_index(drop=True)
+            variable.index = variable.index.reset_index(drop=True)
     TransformerManager().transform(collection, instructions)
     columns = {}
     for name, variable in collection.variables.items():
-        columns[name] = pd.Series(variable.values.to_numpy(), index=variable.index["subject"].to_numpy())
+        values = variable.values  # Orthogonalize leaves a one-column DataFrame
+        values = values.iloc[:, 0] if isinstance(values, pd.DataFrame) else values
+        columns[name] = pd.Series(values.to_numpy(), index=variable.index["subject"].to_numpy())
     return pd.DataFrame(columns)
 
 
@@ -115,7 +130,7 @@ def run_ours(table, instructions, subjects=None):
     """The app's result, with the columns PyBIDS holds as variables."""
     if subjects is not None:
         table = table[table["subject"].isin(subjects)]
-    out = apply_transformations(table, instructions)
+    out = apply_transformations(table, instructions, entities=["subject"])
     return out.drop(columns=["path", "subject"]).set_index(out["subject"].to_numpy())
 
 
@@ -337,3 +352,222 @@ def test_unsupported_option_is_a_usage_error_naming_it(instruction, name):
 
 def test_options_cover_the_supported_transformations():
     assert sorted(OPTIONS) == sorted(SUPPORTED_TRANSFORMS)
+
+
+# --------------------------------------------------------------------------
+# The other pybids-transforms-v1 transformations (issue 10)
+# --------------------------------------------------------------------------
+FACTOR_SITE = step("Factor", ["site"])  # site.A, site.B, site.C: complete 0/1 columns
+MORE_SAME = {
+    "product": [step("Product", ["dose", "count"], Output="dose_count")],
+    "product-output-list": [step("Product", ["dose", "dose"], Output=["dose_squared"])],
+    "product-onto-input": [step("Product", ["dose", "count"], Output="dose")],
+    "sum": [step("Sum", ["dose", "count"], Output="total")],
+    "sum-weights": [step("Sum", ["dose", "count"], Output="total", Weights=[2, -0.5])],
+    "threshold": [step("Threshold", ["dose"], Threshold=2)],
+    "threshold-default": [step("Demean", "dose"), step("Threshold", "dose")],
+    "threshold-binarize": [step("Threshold", ["dose"], Threshold=2, Binarize=True)],
+    "threshold-below": [step("Threshold", ["dose"], Threshold=2, Above=False)],
+    "threshold-unsigned": [step("Demean", "dose", Output="dose_c"),
+                           step("Threshold", ["dose_c"], Threshold=-0.5, Signed=False)],
+    "threshold-unsigned-below-binarize": [step("Demean", "dose", Output="dose_c"),
+                                          step("Threshold", "dose_c", Threshold=0.5, Signed=False, Above=False, Binarize=True)],
+    "threshold-output": [step("Threshold", ["dose"], Threshold=3, Output=["high_dose"])],
+    "threshold-per-input": [step("Threshold", ["dose", "count"], Threshold=[2, 5], Binarize=[True, False])],
+    "orthogonalize": [step("Factor", "sex"), step("Orthogonalize", ["dose"], Other="sex.M")],
+    "orthogonalize-two-others": [FACTOR_SITE, step("Orthogonalize", "dose", Other=["site.B", "site.C"], Output="dose_o")],
+    "and": [FACTOR_SITE, step("And", ["site.A", "dose"], Output="a_and_dose")],
+    "and-zero": [FACTOR_SITE, step("And", ["site.A", "site.B"], Output="none")],
+    "or": [FACTOR_SITE, step("Or", ["site.A", "site.B"], Output="a_or_b")],
+    "not": [FACTOR_SITE, step("Not", ["site.A", "site.C"])],
+    "not-output": [FACTOR_SITE, step("Not", "site.A", Output="not_a")],
+    "filter": [step("Filter", "age", Query="age > 30")],
+    "filter-output": [step("Filter", "age", Query="age > 30", Output="older")],
+    "filter-categorical": [step("Filter", "site", Query="site != 'A'")],
+    "filter-by": [step("Filter", "score", Query="sex == 'F'", By="sex")],
+    "filter-by-per-input": [step("Filter", ["score", "age"], Query=["sex == 'F'", "dose > 1"], By=["sex", "dose"])],
+    "filter-per-input": [step("Filter", ["age", "score"], Query=["age > 30", "score < 12"])],
+    "filter-dotted-name": [FACTOR_SITE, step("Filter", "dose", Query="site.B == 1", By="site.B")],
+    "dropna": [step("DropNA", ["age", "group"])],
+    "dropna-output": [step("DropNA", "age", Output="age_known")],
+    "select": [step("Select", ["score", "age", "site"])],
+    "select-after-factor": [FACTOR_SITE, step("Select", ["site.C", "dose"])],
+    "delete": [step("Delete", ["sex", "site"])],
+    "delete-one": [step("Delete", "count")],
+    "scale-per-input": [step("Scale", ["age", "score"], Demean=[True, False], ReplaceNA=[None, "after"])],
+    "factor-per-input": [step("Factor", ["sex", "site"], Constraint=["drop_one", "mean_zero"], Sep=["_", "."])],
+    "factor-per-input-ref-level": [step("Factor", ["sex", "dose"], Constraint="drop_one", RefLevel=["M", 3])],
+    # PyBIDS copies the inputs before writing: age2 is the demeaned original score
+    "outputs-onto-later-input": [step("Demean", ["age", "score"], Output=["score", "age2"])],
+    "chain": [step("Factor", "sex", Constraint="drop_one"), step("Product", ["sex.M", "dose"], Output="male_dose"),
+              step("Scale", "male_dose"), step("Delete", "sex.M")],
+}
+
+
+@pytest.mark.parametrize("instructions", MORE_SAME.values(), ids=MORE_SAME.keys())
+def test_more_transformations_same_result_as_pybids(instructions, table, pybids_collection):
+    _node(instructions, [1])  # accepted when the model is read
+    assert_same(run_ours(table, instructions), run_pybids(pybids_collection, instructions))
+
+
+# Where PyBIDS skips a missing value (Product as if 1, Sum as if 0, And/Or
+# leave it out, Not and Threshold make it 0 or 1), the result here is missing,
+# so the map is dropped when the column is in Model.X.
+NA_PROPAGATES = {
+    "product": ([step("Product", ["age", "score"], Output="p")], "p", ["age", "score"]),
+    "sum": ([step("Sum", ["age", "score"], Output="s", Weights=[1, -2])], "s", ["age", "score"]),
+    "and": ([step("And", ["age", "score"], Output="a")], "a", ["age", "score"]),
+    "or": ([step("Or", ["age", "dose"], Output="o")], "o", ["age"]),
+    "not": ([step("Not", "age")], "age", ["age"]),
+    "threshold": ([step("Threshold", "score", Threshold=11)], "score", ["score"]),
+    "orthogonalize": ([step("Orthogonalize", "score", Other=["age", "dose"])], "score", ["age", "score"]),
+}
+
+
+@pytest.mark.parametrize("instructions, column, inputs", NA_PROPAGATES.values(), ids=NA_PROPAGATES.keys())
+def test_missing_values_stay_missing(instructions, column, inputs, table, pybids_collection):
+    """Deliberate difference: an n/a input gives an n/a output; elsewhere PyBIDS on the kept rows."""
+    ours = run_ours(table, instructions)
+    missing = table.set_index("subject")[inputs].isna().any(axis=1)
+    assert missing.any()
+    assert ours[column].isna().to_numpy().tolist() == missing.to_numpy().tolist()
+    kept = list(missing.index[~missing])
+    assert_same(ours.loc[kept], run_pybids(pybids_collection, instructions, subjects=kept))
+    if instructions[0]["Name"] == "Orthogonalize":
+        with pytest.raises(np.linalg.LinAlgError):  # PyBIDS's fit fails on n/a
+            run_pybids(pybids_collection, instructions)
+    else:
+        theirs = run_pybids(pybids_collection, instructions)
+        assert theirs[column].notna().all()  # the difference: PyBIDS fills them in
+
+
+def test_orthogonalized_column_is_uncorrelated_with_the_other(table):
+    """Independent check: the result is y minus its OLS fit on [1, other] plus the intercept."""
+    out = run_ours(table, [step("Factor", "sex"), step("Orthogonalize", "dose", Other="sex.M", Output="dose_o")])
+    male = (table["sex"] == "M").to_numpy(float)
+    dose = table["dose"].to_numpy(float)
+    slope = np.cov(dose, male)[0, 1] / np.var(male, ddof=1)
+    np.testing.assert_allclose(out["dose_o"], dose - slope * male, rtol=1e-12)
+    assert abs(np.corrcoef(out["dose_o"], male)[0, 1]) < 1e-12
+
+
+@pytest.mark.parametrize("instructions, message", [
+    ([step("Product", ["site", "dose"], Output="p")], "categorical"),
+    ([step("Not", "sex")], "categorical"),
+    ([step("Orthogonalize", "dose", Other="sex")], "categorical"),
+], ids=["product", "not", "orthogonalize-other"])
+def test_categorical_input_refused_as_pybids_does(instructions, message, table, pybids_collection):
+    with pytest.raises(ValueError, match=message):
+        run_pybids(pybids_collection, instructions)
+    with pytest.raises(DataError, match="Factor"):
+        run_ours(table, instructions)
+
+
+@pytest.mark.parametrize("instructions, message", [
+    ([step("Filter", "age", Query="height > 3")], "height"),
+    ([step("Filter", "age", Query="age >")], "age >"),
+    ([step("Select", ["age", "height"])], "height"),
+    ([step("Delete", ["height"])], "height"),
+    ([step("Delete", ["subject"])], "entity"),
+    ([step("Product", ["age", "height"], Output="p")], "height"),
+], ids=["filter-unknown-column", "filter-bad-query", "select-unknown", "delete-unknown", "delete-entity", "product-unknown"])
+def test_data_errors_name_the_problem(instructions, message, table):
+    with pytest.raises(DataError, match=message):
+        run_ours(table, instructions)
+
+
+def test_select_keeps_entities_and_paths(table):
+    out = apply_transformations(table, [step("Select", ["score"])], entities=["subject"])
+    assert list(out.columns) == ["path", "subject", "score"]
+
+
+# --------------------------------------------------------------------------
+# New columns in Model.X
+# --------------------------------------------------------------------------
+DESIGNS = {
+    "product": ([step("Product", ["age", "score"], Output="age_x_score"), step("Demean", "age_x_score")],
+                [1, "age_x_score"], ["03", "06"]),
+    "filter": ([step("Filter", "age", Query="age > 30"), step("Scale", "age")], [1, "age"],
+               ["01", "03", "05", "09"]),
+    "threshold-and-select": ([step("Threshold", "dose", Threshold=2, Binarize=True, Output="high"),
+                              step("Select", ["high", "score"])], [1, "high", "score"], ["06"]),
+    "orthogonalize-wildcard": ([step("Factor", "site", Constraint="drop_one"),
+                                step("Orthogonalize", "dose", Other=["site.B", "site.C"])], [1, "site.*", "dose"], []),
+}
+
+
+@pytest.mark.parametrize("instructions, x, dropped", DESIGNS.values(), ids=DESIGNS.keys())
+def test_transformation_outputs_in_model_x(instructions, x, dropped, table, pybids_collection):
+    design = build_design(table, _node(instructions, x), entities=["subject"])
+    assert sorted(d["subject"] for d in design.dropped) == dropped
+    kept = [s for s in table["subject"] if s not in dropped]
+    theirs = run_pybids(pybids_collection, instructions, subjects=kept)
+    columns = [c for c in design.matrix.columns if c != "intercept"]
+    np.testing.assert_allclose(design.matrix[columns].to_numpy(), theirs[columns].to_numpy(float), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Refusals when the model is read (UsageError: exit 64)
+# --------------------------------------------------------------------------
+def _named_node(instructions, name="between_subjects"):
+    document = {"Name": "m", "BIDSModelVersion": "1.0.0", "Nodes": [{
+        "Level": "Dataset", "Name": name,
+        "Transformations": {"Transformer": "pybids-transforms-v1", "Instructions": instructions},
+        "Model": {"Type": "glm", "X": [1]}, "DummyContrasts": {"Test": "t"},
+    }]}
+    return parse_model(document)
+
+
+@pytest.mark.parametrize("name", ["Convolve", "Lag", "ToDense", "Resample", "Split", "Assign"])
+def test_run_level_transformation_refused_naming_it_and_the_node(name):
+    with pytest.raises(UsageError, match=rf"'between_subjects'.*{name} .*Run-level") as err:
+        _named_node([step(name, ["age"])])
+    assert err.value.exit_code == 64
+
+
+@pytest.mark.parametrize("name, reason", [("Power", "Product"), ("Group", "Name")])
+def test_transformations_pybids_cannot_run_refused(name, reason):
+    with pytest.raises(UsageError, match=rf"{name} is not supported.*{reason}"):
+        _named_node([step(name, ["age"])])
+
+
+def test_unknown_transformation_named_with_the_supported_ones():
+    with pytest.raises(UsageError, match=r"'Frobnicate' is not supported; supported: Demean, .*Filter, .*Delete") as err:
+        _named_node([step("Frobnicate", ["age"])])
+    assert "between_subjects" in str(err.value)
+
+
+MORE_REFUSED = {
+    "product-without-output": (step("Product", ["age", "score"]), "Output"),
+    "product-two-outputs": (step("Product", ["age", "score"], Output=["a", "b"]), "Output"),
+    "and-without-output": (step("And", ["age", "score"]), "Output"),
+    "sum-weights-length": (step("Sum", ["age", "score"], Output="s", Weights=[1]), "Weights"),
+    "sum-weights-text": (step("Sum", ["age", "score"], Output="s", Weights=[1, "2"]), "Weights"),
+    "sum-weights-scalar": (step("Sum", ["age", "score"], Output="s", Weights=2), "Weights"),
+    "threshold-text": (step("Threshold", "age", Threshold="30"), "Threshold"),
+    "threshold-binarize-not-bool": (step("Threshold", "age", Binarize=1), "Binarize"),
+    "threshold-unknown-key": (step("Threshold", "age", Cutoff=3), "Cutoff"),
+    "threshold-per-input-length": (step("Threshold", ["age", "score"], Threshold=[1, 2, 3]), "one value per Input"),
+    "scale-per-input-length": (step("Scale", ["age"], Demean=[True, False]), "one value per Input"),
+    "orthogonalize-without-other": (step("Orthogonalize", "age"), "Other"),
+    "orthogonalize-wildcard-other": (step("Orthogonalize", "age", Other="s*"), "Other"),
+    "orthogonalize-groupby": (step("Orthogonalize", "age", Other="dose", GroupBy="sex"), "GroupBy"),
+    "filter-without-query": (step("Filter", "age"), "Query"),
+    "filter-query-not-string": (step("Filter", "age", Query=3), "Query"),
+    "filter-query-wildcard": (step("Filter", "age", Query="age * 2 > 50"), "wildcard"),
+    "filter-by-wildcard": (step("Filter", "age", Query="age > 2", By="s*"), "By"),
+    # PyBIDS aligns each Input with one By column (a list of two fails in PyBIDS)
+    "filter-by-two-for-one-input": (step("Filter", "age", Query="age > 2", By=[["sex", "dose"]]), "By"),
+    "select-output": (step("Select", ["age"], Output=["a"]), "Output"),
+    "delete-output": (step("Delete", ["age"], Output=["a"]), "Output"),
+    "not-unknown-key": (step("Not", "age", Threshold=1), "Threshold"),
+    "dropna-output-length": (step("DropNA", ["age", "score"], Output="a"), "Output"),
+    "product-output-prefix": (step("Product", ["age", "score"], OutputPrefix="p_"), "OutputPrefix"),
+    "replace-attribute-duration": (step("Replace", ["sex"], Replace={"F": 1}, Attribute="duration"), "Attribute"),
+}
+
+
+@pytest.mark.parametrize("instruction, name", MORE_REFUSED.values(), ids=MORE_REFUSED.keys())
+def test_more_options_refused_naming_them(instruction, name):
+    with pytest.raises(UsageError, match=name):
+        _node([instruction], [1])
