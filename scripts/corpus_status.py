@@ -31,8 +31,14 @@ from corpus_data import CORPUS_DIR, corpus_models, run_corpus_model  # noqa: E40
 CAUSES = [
     (r"has no Nodes list", "the document uses the pre-1.0 `Steps` key, not `Nodes`"),
     (r"no Dataset-level node", "no Dataset-level node (Run-level only models)"),
-    (r"more than one map", "more than one map per subject per cell: Run- and Subject-node maps are both indexed "
-                           "(edges do not select the source node; runs are not combined)"),
+    (r"more than one map.*differ by contrast", "several maps per subject in one cell: a Dataset node whose X names "
+                                                "first-level contrasts (a within-subject design without subject columns)"),
+    (r"more than one map.*differ by run", "several maps per subject in one cell: a Dataset node fed by run-level maps "
+                                          "directly (no Subject node to combine the runs)"),
+    (r"more than one map", "more than one map per subject per cell"),
+    (r"not estimable", "a contrast not estimable on the data made for it (the generator's participants columns)"),
+    (r"VarianceComponents|FEMA.*needs the first-level variance", "a draft/unsupported key at the Dataset level "
+                                                                "(refused by name, exit 64)"),
     (r"transformation '(\w+)' is not supported", r"transformation `\1` not supported"),
     (r"Test must be one of t, F, got '(\w+)'", r"contrast Test `\1` not supported"),
     (r"Filter contrast=.* selects no map", "edge Filter names contrasts as in the model; FitLins labels them "

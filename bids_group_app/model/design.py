@@ -4,9 +4,11 @@ A *cell* is the table of maps (one row per map, with entity and
 participants.tsv columns) that one model is fit to. This module applies the
 node's transformations (:mod:`bids_group_app.model.transformations`; its
 ``apply_transformations`` is importable from here too), expands ``Model.X``
-into columns, drops the maps whose model variables are missing, and
+into columns, drops the maps whose model variables are missing, evaluates
+``Model.Formula`` (formulaic, as PyBIDS does) over those columns, and
 resolves the contrasts into weight matrices over the design columns,
-checking that each is estimable.
+checking that each is estimable. Contrasts naming a column the design lacks
+are dropped with a warning (PyBIDS drops them silently).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def _indicators(table, entity):
     return columns
 
 
-def expand_x(table, x, entities):
+def expand_x(table, x, entities, categorical=False):
     """Build the design columns named by ``Model.X``.
 
     Parameters
@@ -94,6 +96,9 @@ def expand_x(table, x, entities):
         columns (``sub-<label>`` for ``subject``, the value otherwise), and
         an entry naming a value of an entity (``IniFF`` of ``desc``, a
         first-level contrast name) is the indicator column of that value.
+    categorical : bool
+        Keep non-numeric columns (a ``Model.Formula`` encodes them); without
+        it they are a DataError.
 
     Returns
     -------
@@ -129,11 +134,58 @@ def expand_x(table, x, entities):
             design[entry] = _lookup(table, indicator_sources, entry)
     frame = pd.DataFrame(design, index=table.index)
     for column in frame.columns:
-        if not is_numeric(frame[column]):
+        if is_numeric(frame[column]):
+            frame[column] = frame[column].astype(float)
+        elif not categorical:
             raise DataError(
-                f"design column '{column}' holds non-numeric values ({', '.join(levels(frame[column])[:6])}); encode it with a Factor transformation"
+                f"design column '{column}' holds non-numeric values ({', '.join(levels(frame[column])[:6])}); "
+                "encode it with a Factor transformation or use it in a Model.Formula"
             )
-    return frame.astype(float)
+    return frame
+
+
+def apply_formula(frame, formula, node_name):
+    """Evaluate ``Model.Formula`` over the ``Model.X`` columns, as PyBIDS does.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The ``Model.X`` columns (:func:`expand_x`), without missing values.
+    formula : str
+        Right-hand side of a Wilkinson formula (``1 + age + C(sex)``).
+    node_name : str
+
+    Returns
+    -------
+    pandas.DataFrame
+        The design, one row per row of ``frame``, columns named by formulaic
+        (``Intercept``, ``C(sex)[T.M]``, ...), as PyBIDS names them.
+
+    Raises
+    ------
+    UsageError
+        When formulaic cannot evaluate the formula on these columns.
+    DataError
+        When it gives values that are not finite (``np.log`` of a negative).
+    """
+    from formulaic import model_matrix
+    from formulaic.errors import FormulaicError
+
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):  # values not finite are reported below
+            design = model_matrix(formula, frame.reset_index(drop=True), na_action="ignore")
+    except (FormulaicError, NameError, SyntaxError, ValueError, TypeError, KeyError) as err:
+        raise UsageError(
+            f"node '{node_name}': Model.Formula {formula!r} cannot be evaluated on the Model.X columns "
+            f"({', '.join(map(str, frame.columns))}): {err}"
+        ) from None
+    design = pd.DataFrame(np.asarray(design, dtype=float), columns=[str(c) for c in design.columns])
+    bad = [c for c in design.columns if not np.isfinite(design[c]).all()]
+    if bad:
+        raise DataError(f"node '{node_name}': Model.Formula {formula!r} gives values that are not finite in "
+                        f"{', '.join(bad)}")
+    design.index = frame.index
+    return design
 
 
 def _lookup(table, indicator_sources, name):
@@ -149,37 +201,59 @@ def _lookup(table, indicator_sources, name):
 # Contrasts
 # --------------------------------------------------------------------------
 
+def _column_of(condition, columns):
+    """The design column a contrast condition names, or None.
+
+    ``1``/``intercept`` is also formulaic's ``Intercept`` column (a design
+    built by ``Model.Formula``), which PyBIDS would not find.
+    """
+    if condition in columns:
+        return condition
+    if condition == "intercept" and "Intercept" in columns:
+        return "Intercept"
+    return None
+
+
 def resolve_contrasts(node, columns):
     """Contrasts of a node as weight matrices over ``columns``.
 
-    DummyContrasts give one t-contrast per listed column (all columns except
-    subject indicators when no list is given); an explicit contrast named
-    like a dummy one is a UsageError (one of them would be lost).
+    DummyContrasts give one contrast per listed column (all columns except
+    subject indicators when no list is given), of the DummyContrasts Test;
+    an explicit contrast named like a dummy one is a UsageError (one of them
+    would be lost). A contrast naming a column that ``columns`` lack is
+    dropped with a warning, as PyBIDS drops it; none left is a DataError.
     """
-    resolved = {}
+    resolved, absent = {}, []
     if node.dummy_contrasts is not None:
         listed = node.dummy_contrasts["contrasts"]
         names = listed if listed is not None else [c for c in columns if not c.startswith(SUBJECT_PREFIX)]
         for name in names:
-            if name not in columns:
-                raise DataError(f"DummyContrasts names '{name}', which is not a design column; columns: {', '.join(columns)}")
+            column = _column_of(name, columns)
+            if column is None:
+                absent.append((f"DummyContrasts '{name}'", [name]))
+                continue
             weights = np.zeros((1, len(columns)))
-            weights[0, columns.index(name)] = 1.0
-            resolved[name] = Contrast(name, "t", weights)
+            weights[0, columns.index(column)] = 1.0
+            resolved[name] = Contrast(name, node.dummy_contrasts["test"], weights)
     for spec in node.contrasts:
         if spec.name in resolved:
             raise UsageError(f"node '{node.name}': contrast '{spec.name}' has the name of a DummyContrasts contrast; rename it")
-        unknown = [c for c in spec.conditions if c not in columns]
+        unknown = [c for c in spec.conditions if _column_of(c, columns) is None]
         if unknown:
-            raise DataError(
-                f"contrast '{spec.name}' names {', '.join(unknown)}, not design column(s); columns: {', '.join(columns)}"
-            )
+            absent.append((f"contrast '{spec.name}'", unknown))
+            continue
         weights = np.zeros((spec.weights.shape[0], len(columns)))
         for j, condition in enumerate(spec.conditions):
-            weights[:, columns.index(condition)] += spec.weights[:, j]
+            weights[:, columns.index(_column_of(condition, columns))] += spec.weights[:, j]
         resolved[spec.name] = Contrast(spec.name, spec.test, weights)
+    dropped = "; ".join(f"{what} names {', '.join(names)}" for what, names in absent)
     if not resolved:
-        raise DataError(f"node '{node.name}' defines no contrast (add Contrasts or DummyContrasts)")
+        raise DataError(f"node '{node.name}' has no contrast to compute" + (
+            f": {dropped}, not design column(s); columns: {', '.join(columns)}" if absent
+            else " (add Contrasts or DummyContrasts)"))
+    if absent:
+        LOGGER.warning("node '%s': contrasts dropped, as PyBIDS drops them, because they name columns the design "
+                       "lacks: %s; columns: %s", node.name, dropped, ", ".join(columns))
     return list(resolved.values())
 
 
@@ -242,7 +316,7 @@ def build_design(table, node, entities):
     dropped = []
     for _ in range(len(table) + 1):
         transformed = apply_transformations(rows, node.transformations, entities)
-        matrix = expand_x(transformed, node.x, entities)
+        matrix = expand_x(transformed, node.x, entities, categorical=node.formula is not None)
         bad = matrix.isna().any(axis=1)
         if not bad.any():
             break
@@ -262,6 +336,8 @@ def build_design(table, node, entities):
         )
     for item in dropped:
         LOGGER.warning("dropped sub-%s (%s): %s", item["subject"], item["path"], item["reason"])
+    if node.formula is not None:
+        matrix = apply_formula(matrix, node.formula, node.name)
     matrix = matrix.reset_index(drop=True)
     rows = rows.reset_index(drop=True)
     X = matrix.to_numpy()

@@ -11,20 +11,36 @@ ran is written to OUTPUT_DIR.
 
 Supported at the Dataset level
 ------------------------------
+Every key of the document is checked against the BIDS Stats Models 1.0
+schema (bsmschema): a key not in the schema, and a key of the schema that a
+Dataset node here does not implement (``Model.HRF``, ``Model.Options.*``,
+the draft ``Model.VarianceComponents``/``ErrorDistribution``,
+``Model.Type 'meta'``, contrast ``Test 'pass'`` or FitLins' ``'FEMA'``), is a
+UsageError naming its path (``Nodes[1].Model.VarianceComponents``); for
+Run/Session/Subject nodes only the key names are checked. Legacy (pre-1.0)
+documents are upgraded by :func:`upgrade_legacy` with a warning.
+
 ``Model.X``
     ``1`` (a column named ``intercept``), participants.tsv columns, columns
     created by transformations (``sex.M`` from ``Factor``), entity names
     (``subject``, ``desc``, ``contrast``, ``session`` ...) which expand to one
     indicator column per value (``sub-<label>`` for subjects, the value
     itself otherwise), and ``fnmatch`` wildcards (``sub-*``).
+``Model.Formula``
+    A Wilkinson formula over the ``Model.X`` columns, evaluated by formulaic
+    as PyBIDS does (columns named by formulaic: ``Intercept``, ``age``,
+    ``C(sex)[T.M]``; names of interactions differ between formulaic 0.x and
+    1.x). With a Formula, ``Model.X`` may hold categorical columns.
 ``GroupBy``
     Entities and participants.tsv columns; one model is fit per cell.
 ``Transformations``
     ``pybids-transforms-v1``: those of :data:`~bids_group_app.model.transformations.OPTIONS`.
 ``Contrasts`` / ``DummyContrasts``
-    t (one row of weights) and F (list of rows) tests.
+    t (one row of weights) and F (list of rows) tests; weights may be
+    fractions written as strings (``"1/3"``). Contrasts naming a column that
+    the design of a cell lacks are dropped with a warning, as PyBIDS does.
 ``Filter``
-    On the node, or on the edge that enters it: ``{variable: value(s)}``
+    On the node (an extension of this app), or on the edge that enters it: ``{variable: value(s)}``
     over entities or participants.tsv columns, selecting a subgroup.
 ``Input``
     Entity filters applied to the indexed maps (like ``--filter``).
@@ -32,7 +48,9 @@ Supported at the Dataset level
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import re
 from fractions import Fraction
 from dataclasses import dataclass, field
@@ -47,6 +65,28 @@ from bids_group_app.model.transformations import OPTIONS as TRANSFORM_OPTIONS, c
 BIDS_MODEL_VERSION = "1.0.0"
 SUPPORTED_TRANSFORMS = tuple(TRANSFORM_OPTIONS)
 SUPPORTED_TESTS = ("t", "F")
+#: Tests a contrast may name: the spec's ``t``, ``F``, ``pass``, and FitLins' fixed-effects ``FEMA``.
+KNOWN_TESTS = ("t", "F", "pass", "FEMA")
+MODEL_TYPES = ("glm", "meta")
+LOGGER = logging.getLogger(__name__)
+
+#: The keys of each object of the BIDS Stats Models 1.0 schema (bsmschema), by object.
+#: ``Filter`` on a node is an extension of this app (the spec puts it on edges).
+SCHEMA_KEYS = {
+    "model": ("Name", "BIDSModelVersion", "Description", "Input", "Nodes", "Edges"),
+    "node": ("Level", "Name", "GroupBy", "Transformations", "Model", "Contrasts", "DummyContrasts",
+             "Description", "Filter"),
+    "edge": ("Source", "Destination", "Filter", "Description"),
+    "transformations": ("Transformer", "Instructions", "Description"),
+    "model section": ("Type", "X", "Formula", "HRF", "Options", "Software", "Description"),
+    "HRF": ("Variables", "Model", "Parameters", "Description"),
+    "Options": ("HighPassFilterCutoffHz", "LowPassFilterCutoffHz", "ReplaceVariables", "Mask", "Aggregate",
+                "Description"),
+    "contrast": ("Name", "ConditionList", "Weights", "Test", "Description"),
+    "DummyContrasts": ("Contrasts", "Test", "Description"),
+}
+#: Keys of draft versions of the spec (read by PyBIDS), known but not run by this app.
+DRAFT_KEYS = {"model section": ("VarianceComponents", "ErrorDistribution")}
 
 
 @dataclass
@@ -61,7 +101,9 @@ class ContrastSpec:
         Design columns the weights refer to.
     weights : numpy.ndarray of shape (n_rows, n_conditions)
         One row for a t-test, one or more rows for an F-test.
-    test : {'t', 'F'}
+    test : {'t', 'F', 'pass', 'FEMA'}
+        As the model asks; Dataset nodes run 't' and 'F' (see
+        :func:`_require_executable`).
     """
 
     name: str
@@ -72,10 +114,17 @@ class ContrastSpec:
 
 @dataclass
 class NodeSpec:
-    """One Dataset-level node of a BIDS Stats Model."""
+    """One Dataset-level node of a BIDS Stats Model.
+
+    ``formula`` is ``Model.Formula`` (None without one); ``model_type`` is
+    ``Model.Type`` in lower case; ``dummy_contrasts`` is None or
+    ``{"contrasts": list or None, "test": str}``.
+    """
 
     name: str
     x: list
+    formula: str | None = None
+    model_type: str = "glm"
     group_by: list = field(default_factory=list)
     transformations: list = field(default_factory=list)
     contrasts: list = field(default_factory=list)
@@ -116,10 +165,21 @@ def _filter_dict(raw, where):
     return out
 
 
+def _weight_value(value):
+    """A weight as a float; strings may be fractions (``"1/3"``), as the spec allows."""
+    if isinstance(value, list):
+        return [_weight_value(v) for v in value]
+    if isinstance(value, str):
+        return float(Fraction(value.strip()))
+    if isinstance(value, bool):
+        raise TypeError(value)
+    return value
+
+
 def _parse_weights(weights, n_conditions, where):
     try:
-        arr = np.atleast_2d(np.asarray(weights, dtype=float))
-    except (TypeError, ValueError, OverflowError):
+        arr = np.atleast_2d(np.asarray(_weight_value(weights), dtype=float))
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
         raise UsageError(f"{where}: Weights must be numbers or a list of rows of numbers, got {weights!r}") from None
     _require(np.isfinite(arr).all(), f"{where}: Weights must be finite numbers (no NaN or infinity), got {weights!r}")
     _require(
@@ -132,20 +192,43 @@ def _parse_weights(weights, n_conditions, where):
 def parse_contrast(raw, where):
     """Validate one entry of ``Contrasts`` and return a :class:`ContrastSpec`."""
     _require(isinstance(raw, dict), f"{where} must be an object, got {raw!r}")
+    _check_keys(raw, "contrast", where)
     missing = [k for k in ("Name", "ConditionList", "Weights") if k not in raw]
     _require(not missing, f"{where} lacks {', '.join(missing)} (a contrast needs Name, ConditionList, Weights, Test)")
     conditions = ["intercept" if c == 1 else str(c) for c in _as_list(raw["ConditionList"])]
     weights = _parse_weights(raw["Weights"], len(conditions), f"{where} '{raw['Name']}'")
     test = raw.get("Test") or ("t" if weights.shape[0] == 1 else "F")
-    _require(test in SUPPORTED_TESTS, f"{where} '{raw['Name']}': Test must be one of {', '.join(SUPPORTED_TESTS)}, got {test!r}")
+    _require(test in KNOWN_TESTS, f"{where} '{raw['Name']}': Test must be one of {', '.join(KNOWN_TESTS)}, got {test!r}")
     _require(test == "F" or weights.shape[0] == 1, f"{where} '{raw['Name']}': a t-test takes one row of weights; use Test 'F' for {weights.shape[0]} rows")
     return ContrastSpec(str(raw["Name"]), conditions, weights, test)
+
+
+def _check_keys(raw, kind, where, *, draft_ok=False):
+    """Refuse a key of ``raw`` that is not in the schema of ``kind`` (UsageError naming its path).
+
+    Keys of draft versions of the spec (:data:`DRAFT_KEYS`) are refused as not
+    supported unless ``draft_ok`` (first-level nodes, which this app skips).
+    """
+    allowed = SCHEMA_KEYS[kind]
+    for key in raw:
+        if key in allowed:
+            continue
+        path = f"{where}.{key}" if where else key
+        if key in DRAFT_KEYS.get(kind, ()):
+            _require(draft_ok, f"{path} is not supported by this app (a key of draft BIDS Stats Models, "
+                               "not of version 1.0); remove it")
+            continue
+        near = [k for k in allowed if k.lower() == str(key).lower().replace("_", "")]
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise UsageError(f"{path}: '{key}' is not a BIDS Stats Models key{hint}; "
+                         f"keys allowed here: {', '.join(allowed)}")
 
 
 def _parse_transformations(raw, where):
     if raw is None:
         return []
     if isinstance(raw, dict):
+        _check_keys(raw, "transformations", where)
         transformer = raw.get("Transformer", "pybids-transforms-v1")
         _require(
             isinstance(transformer, str) and transformer.startswith("pybids-transforms"),
@@ -166,50 +249,292 @@ def _require_unique_contrasts(contrasts, where):
     _require(not duplicated, f"{where}: contrast name(s) {', '.join(duplicated)} used more than once; give each contrast its own Name")
 
 
+# --------------------------------------------------------------------------
+# Legacy (pre-1.0) documents
+# --------------------------------------------------------------------------
+
+def _rename(raw, old, new, where, notes):
+    """Move ``raw[old]`` to ``raw[new]`` (a legacy key), refusing both at once."""
+    if old in raw:
+        _require(new not in raw, f"{where} has both {new} and the legacy {old}; keep {new}")
+        raw[new] = raw.pop(old)
+        notes.append(f"{where}.{old} is now {new}")
+
+
+#: Keys of pre-1.0 documents that :func:`upgrade_legacy` renames.
+LEGACY_KEYS = {"model": ("Steps",), "node": ("AutoContrasts",), "contrast": ("Type",),
+               "DummyContrasts": ("Type", "Conditions", "ConditionList")}
+
+
+def _snake(key):
+    """PyBIDS's reading of a key (``bids.utils.convert_JSON``): snake_case, so ``Weights``, ``weights``
+    and ``ConditionList``, ``Condition_list`` are the same key to it."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(key)).lower()
+
+
+def _normalise_keys(raw, kind, where, notes):
+    """Rename in place the keys of ``raw`` that PyBIDS reads as a spec key of ``kind`` but are spelled
+    otherwise (``weights``, ``Condition_list``), recording each in ``notes``."""
+    if not isinstance(raw, dict):
+        return
+    canonical = {_snake(k): k for k in (*SCHEMA_KEYS[kind], *LEGACY_KEYS.get(kind, ()))}
+    for key in list(raw):
+        name = canonical.get(_snake(key))
+        if name is not None and name != key:
+            _require(name not in raw, f"{where} has both '{key}' and '{name}'; keep '{name}'")
+            raw[name] = raw.pop(key)
+            notes.append(f"{where}.{key} is read as {name}, as PyBIDS reads it")
+
+
+def _upgrade_step(node, where, notes):
+    """A pre-1.0 ``Steps`` entry without ``Model``: PyBIDS then fit the listed
+    input contrasts one by one (``DummyContrasts.Conditions``); in 1.0 terms, an
+    intercept model per first-level contrast (a fixed-effects one when the
+    test was FEMA), restricted to those contrasts."""
+    if "Model" in node:
+        return
+    dummy = node.get("DummyContrasts") if isinstance(node.get("DummyContrasts"), dict) else {}
+    test = dummy.get("Test", dummy.get("Type", "t"))
+    level = str(node.get("Level", "")).lower()
+    node["Model"] = {"Type": "meta" if test == "FEMA" else "glm", "X": [1]}
+    node.setdefault("GroupBy", ["subject", "contrast"] if level in ("subject", "session") else
+                    (["run", "subject", "contrast"] if level == "run" else ["contrast"]))
+    conditions = dummy.get("Conditions") or dummy.get("Contrasts")
+    if conditions and level != "run":
+        node.setdefault("Filter", {"contrast": list(conditions)})
+    node["DummyContrasts"] = {"Test": test}
+    notes.append(f"{where} has no Model: an intercept model per first-level contrast"
+                 + (f" ({', '.join(map(str, conditions))})" if conditions else ""))
+
+
+def _upgrade_node(node, where, notes, legacy=False):
+    """Upgrade one node in place, recording each change in ``notes``; ``legacy``: a pre-1.0 step."""
+    _normalise_keys(node, "node", where, notes)
+    if legacy:
+        if "Name" not in node and node.get("Level"):  # PyBIDS named an unnamed step by its level
+            node["Name"] = str(node["Level"])
+            notes.append(f"{where} is named {node['Name']!r} after its level")
+        _upgrade_step(node, where, notes)
+    _normalise_keys(node.get("Model"), "model section", f"{where}.Model", notes)
+    for i, contrast in enumerate(node.get("Contrasts") or [] if isinstance(node.get("Contrasts"), list) else []):
+        _normalise_keys(contrast, "contrast", f"{where}.Contrasts[{i}]", notes)
+    _normalise_keys(node.get("DummyContrasts"), "DummyContrasts", f"{where}.DummyContrasts", notes)
+    if isinstance(node.get("Transformations"), list):
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": node["Transformations"]}
+        notes.append(f"{where}.Transformations is now an object with Transformer and Instructions")
+    if "AutoContrasts" in node:
+        _require("DummyContrasts" not in node, f"{where} has both AutoContrasts and DummyContrasts; keep DummyContrasts")
+        auto = node.pop("AutoContrasts")
+        node["DummyContrasts"] = {"Test": "t"} if auto is True else (
+            None if auto is False else {"Contrasts": auto, "Test": "t"})
+        notes.append(f"{where}.AutoContrasts is now DummyContrasts")
+    dummy = node.get("DummyContrasts")
+    if isinstance(dummy, dict):
+        for old in ("Conditions", "ConditionList"):
+            _rename(dummy, old, "Contrasts", f"{where}.DummyContrasts", notes)
+        _rename(dummy, "Type", "Test", f"{where}.DummyContrasts", notes)
+    for i, contrast in enumerate(node.get("Contrasts") or [] if isinstance(node.get("Contrasts"), list) else []):
+        if isinstance(contrast, dict):
+            _rename(contrast, "Type", "Test", f"{where}.Contrasts[{i}]", notes)
+            if contrast.get("Test") == "T":
+                contrast["Test"] = "t"
+                notes.append(f"{where}.Contrasts[{i}].Test 'T' is now 't'")
+
+
+def upgrade_legacy(document):
+    """Upgrade a legacy (pre-1.0) BIDS Stats Models document.
+
+    PyBIDS has no upgrade function; it converts (with a warning) contrast and
+    DummyContrasts ``Type`` to ``Test``, DummyContrasts ``Conditions`` to
+    ``Contrasts`` and a list of Transformations to an object. This does the
+    same, and also ``Steps`` to ``Nodes`` and ``AutoContrasts`` to
+    ``DummyContrasts``, logging one warning that lists the changes.
+
+    Returns
+    -------
+    dict
+        A 1.0 document (a copy; ``document`` is not changed).
+
+    Raises
+    ------
+    UsageError
+        When a legacy key and its 1.0 replacement are both present.
+    """
+    document = copy.deepcopy(document)
+    notes = []
+    _normalise_keys(document, "model", "the model", notes)
+    legacy = "Steps" in document
+    _rename(document, "Steps", "Nodes", "the model", notes)
+    for i, edge in enumerate(document.get("Edges") or [] if isinstance(document.get("Edges"), list) else []):
+        _normalise_keys(edge, "edge", f"Edges[{i}]", notes)
+    for i, node in enumerate(document.get("Nodes") or [] if isinstance(document.get("Nodes"), list) else []):
+        if isinstance(node, dict):
+            _upgrade_node(node, f"Nodes[{i}]", notes, legacy)
+    if notes:
+        LOGGER.warning("the model is read as PyBIDS reads it (a legacy, pre-1.0 BIDS Stats Models document, or keys spelled otherwise): %s; "
+                       "the upgraded document is the one saved in OUTPUT_DIR", "; ".join(notes))
+    return document
+
+
+# --------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------
+
+def _has_intercept_term(formula):
+    """Whether ``formula`` has a top-level ``1``, ``0`` or ``-1`` term."""
+    depth, flat = 0, []
+    for ch in formula:
+        depth += ch == "("
+        flat.append(ch if depth == 0 else " ")
+        depth -= ch == ")"
+    return any(term.strip() in ("0", "1") for term in re.split(r"[+-]", "".join(flat)))
+
+
+def _parse_formula(formula, where):
+    """Check ``Model.Formula``: a right-hand side that formulaic parses, with an explicit 1 or 0 term."""
+    if formula is None:
+        return None
+    from formulaic import Formula
+    from formulaic.errors import FormulaicError
+
+    _require(isinstance(formula, str), f"{where}.Model.Formula must be a string, got {formula!r}")
+    if formula.lstrip().startswith("~"):  # '~ 0 + a' (no left-hand side), as published models write it
+        formula = formula.lstrip()[1:].strip()
+    _require("~" not in formula, f"{where}.Model.Formula {formula!r}: give only the right-hand side "
+                                 "(the design, as in '1 + age'), without a left-hand side before '~'")
+    _require(_has_intercept_term(formula), f"{where}.Model.Formula {formula!r} needs a 1 or 0 term to include or "
+                                           "exclude the intercept explicitly (BIDS Stats Models requires it)")
+    try:
+        Formula(formula)
+    except (FormulaicError, SyntaxError, ValueError) as err:
+        raise UsageError(f"{where}.Model.Formula {formula!r} is not a valid formula: {err}") from None
+    return formula
+
+
+def _parse_dummy(dummy, where):
+    """``DummyContrasts`` (true, false or an object) as None or ``{"contrasts", "test"}``."""
+    if dummy is True:
+        dummy = {"Test": "t"}
+    elif dummy is False or dummy is None:
+        return None
+    _require(isinstance(dummy, dict), f"{where}.DummyContrasts must be an object or true")
+    _check_keys(dummy, "DummyContrasts", f"{where}.DummyContrasts")
+    listed = None
+    if "Contrasts" in dummy:
+        listed = ["intercept" if c in (1, "1") else str(c) for c in _as_list(dummy["Contrasts"])]
+    test = dummy.get("Test", "t")
+    _require(test in KNOWN_TESTS, f"{where}.DummyContrasts: Test must be one of {', '.join(KNOWN_TESTS)}, got {test!r}")
+    return {"contrasts": listed, "test": test}
+
+
+def _check_model_section(model, where, *, dataset):
+    """Check the keys of ``Model`` (and of its HRF and Options); refuse those a Dataset node cannot run."""
+    _check_keys(model, "model section", f"{where}.Model", draft_ok=not dataset)
+    for kind in ("HRF", "Options"):
+        section = model.get(kind)
+        if section is None:
+            continue
+        _require(isinstance(section, dict), f"{where}.Model.{kind} must be an object, got {section!r}")
+        _check_keys(section, kind, f"{where}.Model.{kind}")
+        if not dataset:
+            continue
+        _require(kind != "HRF", f"{where}.Model.HRF is not supported on a Dataset node (it convolves time series, "
+                                "which group-level maps are not); remove it")
+        used = [k for k in section if k != "Description"]
+        _require(not used, f"{where}.Model.Options.{used[0] if used else ''} is not supported by this app on a "
+                           "Dataset node (Options are for time-series models); remove it")
+    model_type = str(model.get("Type", "glm")).lower()
+    _require(model_type in MODEL_TYPES, f"{where}.Model.Type must be 'glm' or 'meta', got {model.get('Type')!r}")
+    return model_type
+
+
+def _check_first_level_node(raw, where):
+    """Run/Session/Subject nodes are skipped: check only that their keys are spec keys."""
+    _check_keys(raw, "node", where)
+    model = raw.get("Model")
+    if isinstance(model, dict):
+        _check_model_section(model, where, dataset=False)
+    if isinstance(raw.get("Transformations"), dict):
+        _check_keys(raw["Transformations"], "transformations", f"{where}.Transformations")
+    for i, contrast in enumerate(raw.get("Contrasts") or [] if isinstance(raw.get("Contrasts"), list) else []):
+        if isinstance(contrast, dict):
+            _check_keys(contrast, "contrast", f"{where}.Contrasts[{i}]")
+    if isinstance(raw.get("DummyContrasts"), dict):
+        _check_keys(raw["DummyContrasts"], "DummyContrasts", f"{where}.DummyContrasts")
+
+
+#: Why a Dataset node cannot run a test yet, by test.
+_NOT_EXECUTABLE = {
+    "pass": "passes its input maps on to a following node without a test; the Dataset nodes of this app end the "
+            "model and test their contrasts, so use Test 't' or 'F'",
+    "FEMA": "(fixed-effects meta-analysis) needs the first-level variance maps, which this app does not use yet; "
+            "use Test 't' or 'F' (random effects over the maps)",
+}
+
+
+def _require_executable(node, where):
+    """Refuse, naming them, the Model.Type and tests that a Dataset node here cannot run yet."""
+    _require(node.model_type == "glm", f"{where}.Model.Type 'meta' (a meta-analysis of effect and variance maps) is "
+                                       "not supported by this app yet; use 'glm'")
+    for i, contrast in enumerate(node.contrasts):
+        _require(contrast.test in SUPPORTED_TESTS,
+                 f"{where}.Contrasts[{i}] '{contrast.name}': Test '{contrast.test}' {_NOT_EXECUTABLE.get(contrast.test, '')}")
+    if node.dummy_contrasts is not None:
+        test = node.dummy_contrasts["test"]
+        _require(test in SUPPORTED_TESTS, f"{where}.DummyContrasts: Test '{test}' {_NOT_EXECUTABLE.get(test, '')}")
+
+
+def _check_software(software, where):
+    """``Model.Software`` maps software names to objects; other software's sections are not used (warned)."""
+    _require(isinstance(software, dict), f"{where}: Model.Software must be an object keyed by software name")
+    for name, section in software.items():
+        _require(isinstance(section, dict), f"{where}.Model.Software.{name} must be an object, got {section!r}")
+    others = sorted(k for k in software if k != "bids_group_app")
+    if others:
+        LOGGER.warning("%s.Model.Software: the settings for %s are for other software and are not used",
+                       where, ", ".join(others))
+
+
 def _parse_node(raw, index, edge_filters):
     where = f"Nodes[{index}]"
+    _check_keys(raw, "node", where)
     name = str(raw.get("Name", f"node{index}"))
     model = raw.get("Model")
     _require(isinstance(model, dict) and "X" in model, f"{where} '{name}' needs Model.X (a list of design columns)")
-    _require(str(model.get("Type", "glm")).lower() == "glm", f"{where} '{name}': only Model.Type 'glm' is supported")
+    model_type = _check_model_section(model, where, dataset=True)
     x = _as_list(model["X"])
     _require(x, f"{where} '{name}': Model.X is empty")
     x = ["intercept" if v in (1, "1") else str(v) for v in x]
     contrasts_raw = raw.get("Contrasts") or []
     _require(isinstance(contrasts_raw, list), f"{where} '{name}': Contrasts must be a list of contrast objects")
-    contrasts = [parse_contrast(c, f"{where} '{name}' Contrasts[{i}]") for i, c in enumerate(contrasts_raw)]
+    contrasts = [parse_contrast(c, f"{where}.Contrasts[{i}]") for i, c in enumerate(contrasts_raw)]
     _require_unique_contrasts(contrasts, f"{where} '{name}'")
-    dummy = raw.get("DummyContrasts")
-    if dummy is True:
-        dummy = {"Test": "t"}
-    elif dummy is False:
-        dummy = None
-    if dummy is not None:
-        _require(isinstance(dummy, dict), f"{where} '{name}': DummyContrasts must be an object or true")
-        dummy = {
-            "contrasts": None if "Contrasts" not in dummy else ["intercept" if c in (1, "1") else str(c) for c in _as_list(dummy["Contrasts"])],
-            "test": dummy.get("Test", "t"),
-        }
-        _require(dummy["test"] == "t", f"{where} '{name}': DummyContrasts Test must be 't'")
     filters = dict(edge_filters)
     if raw.get("Filter"):
         filters.update(_filter_dict(raw["Filter"], f"{where}.Filter"))
     software = model.get("Software") or {}
-    _require(isinstance(software, dict), f"{where} '{name}': Model.Software must be an object keyed by software name")
-    return NodeSpec(
+    _check_software(software, where)
+    node = NodeSpec(
         name=name,
         software=software,
         x=x,
+        formula=_parse_formula(model.get("Formula"), where),
+        model_type=model_type,
         group_by=[str(g) for g in _as_list(raw.get("GroupBy"))],
         transformations=_parse_transformations(raw.get("Transformations"), f"{where} '{name}' Transformations"),
         contrasts=contrasts,
-        dummy_contrasts=dummy,
+        dummy_contrasts=_parse_dummy(raw.get("DummyContrasts"), where),
         filters=filters,
     )
+    _require_executable(node, where)
+    return node
 
 
 def parse_model(document):
     """Validate a BIDS Stats Models document and return a :class:`ModelSpec`.
+
+    A legacy (pre-1.0) document is upgraded first (:func:`upgrade_legacy`);
+    ``ModelSpec.document`` is the upgraded one.
 
     Raises
     ------
@@ -217,11 +542,15 @@ def parse_model(document):
         When the document is not a usable BIDS Stats Model, with the reason.
     """
     _require(isinstance(document, dict), "the model must be a JSON object with Name, Nodes (and BIDSModelVersion)")
+    document = upgrade_legacy(document)
+    _check_keys(document, "model", "")
     nodes_raw = document.get("Nodes")
     _require(isinstance(nodes_raw, list) and nodes_raw, "the model has no Nodes list")
     edge_filters = {}
     _require(isinstance(document.get("Edges") or [], list), "the model's Edges must be a list of edge objects")
-    for edge in document.get("Edges") or []:
+    for i, edge in enumerate(document.get("Edges") or []):
+        if isinstance(edge, dict):
+            _check_keys(edge, "edge", f"Edges[{i}]")
         if isinstance(edge, dict) and edge.get("Filter"):
             edge_filters[str(edge.get("Destination"))] = _filter_dict(edge["Filter"], "Edges[].Filter")
     nodes = []
@@ -231,6 +560,8 @@ def parse_model(document):
         _require(level in ("run", "session", "subject", "dataset"), f"Nodes[{i}].Level must be Run, Session, Subject or Dataset, got {node.get('Level')!r}")
         if level == "dataset":
             nodes.append(_parse_node(node, i, edge_filters.get(str(node.get("Name")), {})))
+        else:
+            _check_first_level_node(node, f"Nodes[{i}]")
     levels = sorted({str(n.get("Level")) for n in nodes_raw if isinstance(n, dict)})
     _require(nodes, f"the model has no Dataset-level node (levels found: {', '.join(levels)}); this app runs Dataset nodes")
     names = [n.name for n in nodes]

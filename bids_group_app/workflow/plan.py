@@ -50,6 +50,7 @@ from bids_group_app.inputs.participants import (
     strip_sub,
 )
 from bids_group_app.model.design import build_design
+from bids_group_app.model.graph import fitlins_label
 from bids_group_app.model.spec import auto_group_by, load_model, model_from_options, parse_model
 from bids_group_app.outputs.commit import model_label
 from bids_group_app.outputs.naming import (
@@ -190,12 +191,29 @@ def _value_matches(series, wanted):
     return level_labels(series).isin([str(w) for w in wanted])
 
 
+def contrast_names(wanted):
+    """The first-level contrast labels that a model's contrast names may be written as in file names.
+
+    A model names contrasts as written (``task_vs_baseline``,
+    ``trial_type.word``, ``a-b``); the ``contrast-<label>`` of the maps is
+    that name, FitLins's label of it (``taskVsBaseline``, ``trialTypeWord``,
+    ``aB``: :func:`~bids_group_app.model.graph.fitlins_label`) or nilearn's
+    (``aMinusB``: :func:`~bids_group_app.outputs.naming.sanitize_label`).
+    """
+    names = []
+    for value in wanted:
+        for name in (value, fitlins_label(value), sanitize_label(value)) if isinstance(value, str) else (value,):
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def _apply_node_filters(table, node):
     rows = table
     for key, wanted in node.filters.items():
         if key not in rows.columns:
             raise DataError(f"node '{node.name}' Filter names '{key}', which is neither an entity nor a participants.tsv column")
-        kept = rows[_value_matches(rows[key], wanted)]
+        kept = rows[_value_matches(rows[key], contrast_names(wanted) if key == "contrast" else wanted)]
         if kept.empty:
             raise NoFilesSelectedError(
                 f"node '{node.name}' Filter {key}={','.join(map(str, wanted))} selects no map; values present: {', '.join(levels(rows[key]))}"

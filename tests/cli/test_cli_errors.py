@@ -123,6 +123,24 @@ MODELS = {
     },
 }
 
+# issue 10: keys of the spec that a Dataset node does not run, and keys that are not in the spec
+MODELS.update({
+    "variance_components": {
+        "Name": "varianceComponents", "BIDSModelVersion": "1.0.0",
+        "Nodes": [{"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
+                   "Model": {"Type": "glm", "X": [1, "age"],
+                             "VarianceComponents": [{"Name": "subject", "LevelsFrom": "subject"}]},
+                   "DummyContrasts": {"Test": "t"}}],
+    },
+    "fema": _contrast_model([{"Name": "fixedMean", "ConditionList": [1], "Weights": [1], "Test": "FEMA"}]),
+    "formula_typo": {
+        "Name": "formulaTypo", "BIDSModelVersion": "1.0.0",
+        "Nodes": [{"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
+                   "Model": {"Type": "glm", "X": [1, "age"], "Formulae": "1 + age"},
+                   "DummyContrasts": {"Test": "t"}}],
+    },
+})
+
 
 # --------------------------------------------------------------------------
 # Fixtures (module-scoped; datasets are read-only for the tests)
@@ -575,6 +593,15 @@ SUBPROCESS_CASES = {
     "0-long-names": (lambda c: [c.bids, c.out, "group", "--quiet", "--filter", "contrast=motor",
                                 "--model", _model(c, "long_names")], 0, lambda c: [], {}),
 }
+# issue 10: spec keys this app does not run and keys not in the spec are refused by their path (64)
+SUBPROCESS_CASES.update({
+    "64-variance-components": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "variance_components")],
+                               64, lambda c: ["Nodes[0].Model.VarianceComponents"], {"one_line": True}),
+    "64-fema": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "fema")], 64,
+                lambda c: ["Nodes[0].Contrasts[0]", "FEMA"], {"one_line": True}),
+    "64-formula-typo": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "formula_typo")], 64,
+                        lambda c: ["Nodes[0].Model.Formulae", "not a BIDS Stats Models key"], {"one_line": True}),
+})
 
 
 def _file_size_limit(size):

@@ -22,6 +22,7 @@ afresh.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import nibabel as nib
@@ -43,17 +44,21 @@ REPRESENTATIVE = {
 
 # The app's error line for each model that does not run today (paths as
 # BIDS_DIR / OUTPUT_DIR / MODEL); regenerate with scripts/corpus_status.py.
+#: Models that run, whose inputs this harness cannot predict independently (the reason says why).
+RAN_UNCHECKED = {
+    "fitlins/ds000117_model-001_smdl.json":
+        "runs: its pre-1.0 subject step has no Model, so the app computes the subject maps by fixed effects "
+        "(FEMA) from the run maps (tests/stats/test_fixed_effects.py checks them against nilearn); the harness's "
+        "generator writes no subject maps for such a step, so it cannot list the expected inputs",
+}
+
 KNOWN_FAILURES = {
     'fitlins/ds000003_model-001_smdl.json':
-        "bids_group_app: error: node 't-test' Filter contrast=task_vs_baseline,word_gt_pseudo selects no map; values present: taskVsBaseline, trialTypePseudoword, trialTypeWord, wordGtPseudo",
+        'bids_group_app: error: 10 subject(s) have more than one map in the model (one map per subject per cell is needed), e.g. sub-01_task-rhymejudgment_contrast-trialTypePseudoword_stat-effect_statmap.nii.gz, sub-01_task-rhymejudgment_contrast-trialTypeWord_stat-effect_statmap.nii.gz; they differ by contrast: select one with --filter, or add it to GroupBy',
     'fitlins/ds000030_model-001_smdl.json':
-        'bids_group_app: error: the model has no Nodes list',
-    'fitlins/ds000114_model-001_smdl.json':
-        'bids_group_app: error: the model has no Nodes list',
-    'fitlins/ds000117_model-001_smdl.json':
-        'bids_group_app: error: the model has no Nodes list',
+        'bids_group_app: error: 10 subject(s) have more than one map in contrast=acceptVsExplode (one map per subject per cell is needed), e.g. sub-01_task-bart_run-1_contrast-acceptVsExplode_stat-effect_statmap.nii.gz, sub-01_task-bart_run-2_contrast-acceptVsExplode_stat-effect_statmap.nii.gz; they differ by run: select one with --filter, or add it to GroupBy',
     'model-zoo/model-001_smdl.json':
-        "bids_group_app: error: node 't-test' Filter contrast=task_vs_baseline,word_gt_pseudo selects no map; values present: taskVsBaseline, trialTypePseudoword, trialTypeWord, wordGtPseudo",
+        'bids_group_app: error: 10 subject(s) have more than one map in the model (one map per subject per cell is needed), e.g. sub-01_task-rhymejudgment_contrast-trialTypePseudoword_stat-effect_statmap.nii.gz, sub-01_task-rhymejudgment_contrast-trialTypeWord_stat-effect_statmap.nii.gz; they differ by contrast: select one with --filter, or add it to GroupBy',
     'model-zoo/model-FaceRepParametric_desc-fitlins_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-FaceRep_desc-fitlins_smdl.json':
@@ -62,26 +67,10 @@ KNOWN_FAILURES = {
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-MoAE_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
-    'model-zoo/model-ds0005_altered_2_grp_2lev_per_sub_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run: select one with --filter, or add it to GroupBy',
     'model-zoo/model-ds0005_altered_anova_2_by_4_cell_means_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
-    'model-zoo/model-ds0005_altered_one_factor_4_lev_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
-    'model-zoo/model-ds0005_altered_paired_difference_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run: select one with --filter, or add it to GroupBy',
-    'model-zoo/model-ds0005_altered_single_grp_avg_smdl.json':
-        'bids_group_app: error: 4 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
-    'model-zoo/model-ds0005_altered_single_grp_avg_w_covar_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
+        "bids_group_app: error: contrast 'main sex effect f-test' is not estimable with this design (rank 4 of 8 columns); its columns fake_patient_grp.1:sex.M, fake_patient_grp.1:sex.F, fake_patient_grp.2:sex.M, fake_patient_grp.2:sex.F, fake_patient_grp.3:sex.M, fake_patient_grp.3:sex.F, fake_patient_grp.4:sex.M, fake_patient_grp.4:sex.F are confounded with others",
     'model-zoo/model-ds0005_altered_two_by_two_bs_anova_smdl.json':
-        "bids_group_app: error: Nodes[2].Transformations.Instructions[2]: transformation 'Product' is not supported; supported: Demean, Scale, Factor, Replace, Rename, Copy",
-    'model-zoo/model-ds0005_altered_two_grp_by_age_interaction_smdl.json':
-        "bids_group_app: error: Nodes[2].Transformations.Instructions[1]: transformation 'Product' is not supported; supported: Demean, Scale, Factor, Replace, Rename, Copy",
-    'model-zoo/model-ds0005_altered_two_grp_diff_adj_age_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
-    'model-zoo/model-ds0005_altered_two_grp_diff_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=negLossParametric (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-negLossParametric_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-negLossParametric_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
+        "bids_group_app: error: contrast 'main sex effect f-test' is not estimable with this design (rank 2 of 4 columns); its columns m_task1, m_task2, f_task1, f_task2 are confounded with others",
     'model-zoo/model-ds2799_desc-compcop_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-ds2799_desc-scrubbing_smdl.json':
@@ -89,21 +78,15 @@ KNOWN_FAILURES = {
     'model-zoo/model-ds2799_desc-simple_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-narps_smdl.json':
-        'bids_group_app: error: 5 subject(s) have more than one map in contrast=gain, group=equalIndifference (one map per subject per cell is needed), e.g. sub-02_task-MGT_run-1_contrast-gain_stat-effect_statmap.nii.gz, sub-02_task-MGT_run-2_contrast-gain_stat-effect_statmap.nii.gz, sub-02_task-MGT_contrast-gain_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
+        "bids_group_app: error: node 'between-groups' has no contrast to compute: contrast 'range_vs_indiference' names C(group)[T.equalRange], C(group)[T.equalIndifference], not design column(s); columns: C(group)[equalIndifference], C(group)[equalRange]",
     'pybids/ds-005_type-interceptonlyrunlevel_model.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'pybids/ds-005_type-mfx_model.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in the model (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_run-1_contrast-RT_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-trialType_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-RT_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-trialType_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-RT_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-trialType_stat-effect_statmap.nii.gz; they differ by run, contrast: select one with --filter, or add it to GroupBy',
-    'pybids/ds-005_type-test_intercept.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=gain (one map per subject per cell is needed), e.g. sub-01_task-mixedgamblestask_contrast-gain_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-1_contrast-gain_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-2_contrast-gain_stat-effect_statmap.nii.gz, sub-01_task-mixedgamblestask_run-3_contrast-gain_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
+        'bids_group_app: error: Nodes[1].Model.VarianceComponents is not supported by this app (a key of draft BIDS Stats Models, not of version 1.0); remove it',
     'pybids/ds-005_type-test_model.json':
-        'bids_group_app: error: 5 subject(s) have more than one map in contrast=RT, sex=F (one map per subject per cell is needed), e.g. sub-02_task-mixedgamblestask_contrast-RT_stat-effect_statmap.nii.gz, sub-02_task-mixedgamblestask_run-1_contrast-RT_stat-effect_statmap.nii.gz, sub-02_task-mixedgamblestask_run-2_contrast-RT_stat-effect_statmap.nii.gz, sub-02_task-mixedgamblestask_run-3_contrast-RT_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
+        "bids_group_app: error: design column 'sex' holds non-numeric values (F, M); encode it with a Factor transformation or use it in a Model.Formula",
     'pybids/ds-005_type-testnodummy_model.json':
-        "bids_group_app: error: Nodes[2] 'by-group' Contrasts[0] '1': Test must be one of t, F, got 'FEMA'",
-    'stats-models/model-example_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=incongruentVsCongruent (one map per subject per cell is needed), e.g. sub-01_task-stroop_run-1_contrast-incongruentVsCongruent_stat-effect_statmap.nii.gz, sub-01_task-stroop_run-2_contrast-incongruentVsCongruent_stat-effect_statmap.nii.gz, sub-01_task-stroop_contrast-incongruentVsCongruent_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
-    'stats-models/model-walkthrough_smdl.json':
-        'bids_group_app: error: 3 subject(s) have more than one map in contrast=IvC (one map per subject per cell is needed), e.g. sub-01_task-simon_run-1_contrast-IvC_stat-effect_statmap.nii.gz, sub-01_task-simon_run-2_contrast-IvC_stat-effect_statmap.nii.gz, sub-01_task-simon_contrast-IvC_stat-effect_statmap.nii.gz; they differ by run, node: select one with --filter, or add it to GroupBy',
+        "bids_group_app: error: Nodes[2].Contrasts[0] '1': Test 'FEMA' (fixed-effects meta-analysis) needs the first-level variance maps, which this app does not use yet; use Test 't' or 'F' (random effects over the maps)",
 }
 
 
@@ -258,6 +241,9 @@ def test_corpus_model(relpath, tmp_path, run_cli):
             raise CorpusFailure(result["error"])
         pytest.fail(f"exit {result['code']}: {result['error']}\n(recorded: {KNOWN_FAILURES.get(relpath)!r})")
     document = result["document"]
+    if relpath in RAN_UNCHECKED:  # the maps are right by other tests; here only that it runs as published
+        assert list(Path(result["out"]).glob("node-*/*_stat-t_statmap.nii.gz")), "the run wrote no t map"
+        pytest.skip(RAN_UNCHECKED[relpath])
     sources = node_sources(document)
     checked = 0
     for node in model_nodes(document):

@@ -434,3 +434,161 @@ def test_two_sample_with_covariates(run_design):
                              "age": age - age.mean()})
     assert_design(cell, expected)
     assert_contrasts(cell, [("patient-control", "t", [-1, 1, 0]), ("age", "t", [0, 0, 1])])
+
+
+# --------------------------------------------------------------------------
+# Model.Formula (Wilkinson formulas, evaluated by formulaic as PyBIDS does)
+# --------------------------------------------------------------------------
+import logging  # noqa: E402
+
+import formulaic  # noqa: E402
+from bids.modeling.model_spec import GLMMSpec  # noqa: E402
+
+from bids_group_app.errors import DataError, UsageError  # noqa: E402
+from bids_group_app.model.design import build_design  # noqa: E402
+from bids_group_app.model.spec import parse_model  # noqa: E402
+
+FORMULAIC_1 = int(formulaic.__version__.split(".")[0]) >= 1
+AGE = np.array([23.0, 31, 45, 52, 38, 61, 29, 47, 35, 56])
+SEX = np.array(list("MFMFFMMFMF"))
+GROUP = np.array(["control", "patient", "sibling", "patient", "control", "sibling", "patient", "control",
+                  "sibling", "patient"])
+
+
+def _table():
+    return pd.DataFrame({"path": [f"sub-{i:02d}.nii.gz" for i in range(1, 11)],
+                         "subject": [f"{i:02d}" for i in range(1, 11)],
+                         "age": AGE, "sex": SEX, "group": GROUP})
+
+
+def _formula_node(x, formula=None, **node):
+    model = {"Type": "glm", "X": x, **({"Formula": formula} if formula else {})}
+    document = {"Name": "m", "BIDSModelVersion": "1.0.0",
+                "Nodes": [{"Level": "Dataset", "Name": "m", "Model": model, **node}]}
+    if "Contrasts" not in node and "DummyContrasts" not in node:
+        document["Nodes"][0]["DummyContrasts"] = {"Test": "t"}
+    return parse_model(document).nodes[0]
+
+
+def _pybids_columns(x, formula):
+    """Column names PyBIDS gives the same Formula over the same Model.X data."""
+    data = _table().drop(columns=["path", "subject"])
+    if 1 in x:
+        data.insert(0, "intercept", 1)
+    data = data[["intercept" if v == 1 else v for v in x]]
+    return list(GLMMSpec.from_df(data, {"X": x, "Formula": formula}).X.columns)
+
+
+FORMULAS = {
+    # formula: (Model.X, {reading of the column names: numpy column})
+    "1 + age + C(sex)": ([1, "age", "sex"], {"Intercept": np.ones(10), "age": AGE, "C(sex)[T.M]": SEX == "M"}),
+    "1 + age:sex": ([1, "age", "sex"], {"Intercept": np.ones(10), "age|sex=F": AGE * (SEX == "F"),
+                                        "age|sex=M": AGE * (SEX == "M")}),
+    "1 + age*group": ([1, "age", "group"], {
+        "Intercept": np.ones(10), "age": AGE,
+        "group[T.patient]": GROUP == "patient", "group[T.sibling]": GROUP == "sibling",
+        "age|group=patient": AGE * (GROUP == "patient"), "age|group=sibling": AGE * (GROUP == "sibling")}),
+    "0 + C(group)": (["group"], {f"C(group)[{'' if FORMULAIC_1 else 'T.'}{g}]": GROUP == g
+                                 for g in ("control", "patient", "sibling")}),
+    "1 + C(group, contr.treatment('sibling'))": ([1, "group"], {
+        "Intercept": np.ones(10),
+        "C(group, contr.treatment('sibling'))[T.control]": GROUP == "control",
+        "C(group, contr.treatment('sibling'))[T.patient]": GROUP == "patient"}),
+}
+if FORMULAIC_1:  # patsy's Treatment(): formulaic >= 1.0 only
+    FORMULAS["1 + C(group, Treatment('control'))"] = ([1, "group"], {
+        "Intercept": np.ones(10),
+        "C(group, Treatment('control'))[T.patient]": GROUP == "patient",
+        "C(group, Treatment('control'))[T.sibling]": GROUP == "sibling"})
+
+
+def _interaction_name(reading, columns):
+    """The design column for ``age|sex=F`` (formulaic 1.x: ``age:sex[F]``, 0.x: ``sex[T.F]:age``)."""
+    if "|" not in reading:
+        return reading
+    var, level = reading.split("|")
+    factor, value = level.split("=")
+    (hit,) = [c for c in columns if ":" in c and var in c.split(":") and
+              any(p in (f"{factor}[{value}]", f"{factor}[T.{value}]") for p in c.split(":"))]
+    return hit
+
+
+@pytest.mark.parametrize("formula", list(FORMULAS))
+def test_formula_design_is_the_numpy_one_with_pybids_column_names(formula):
+    x, expected = FORMULAS[formula]
+    design = build_design(_table(), _formula_node(x, formula), entities=["subject"])
+    assert list(design.matrix.columns) == _pybids_columns(x, formula)
+    assert len(design.matrix.columns) == len(expected)
+    for reading, values in expected.items():
+        column = _interaction_name(reading, design.matrix.columns)
+        np.testing.assert_array_equal(design.matrix[column].to_numpy(), np.asarray(values, float), err_msg=column)
+    assert design.rank == np.linalg.matrix_rank(np.column_stack(list(expected.values())).astype(float))
+
+
+def test_formula_model_equals_the_equivalent_x_model():
+    instructions = {"Transformer": "pybids-transforms-v1",
+                    "Instructions": [{"Name": "Factor", "Input": ["sex"], "Constraint": "drop_one"}]}
+    by_x = build_design(_table(), _formula_node([1, "age", "sex.M"], Transformations=instructions), ["subject"])
+    by_formula = build_design(_table(), _formula_node([1, "age", "sex"], "1 + age + C(sex)"), ["subject"])
+    np.testing.assert_array_equal(by_formula.matrix[["Intercept", "age", "C(sex)[T.M]"]].to_numpy(),
+                                  by_x.matrix[["intercept", "age", "sex.M"]].to_numpy())
+    assert (by_formula.rank, by_formula.dof) == (by_x.rank, by_x.dof)
+
+
+def test_formula_contrasts_name_formula_columns_and_1_is_the_intercept():
+    node = _formula_node([1, "age", "sex"], "1 + age + C(sex)", Contrasts=[
+        {"Name": "mean", "ConditionList": [1], "Weights": [1], "Test": "t"},
+        {"Name": "MvsF", "ConditionList": ["C(sex)[T.M]"], "Weights": [1], "Test": "t"}])
+    design = build_design(_table(), node, entities=["subject"])
+    weights = {c.name: c.vector for c in design.contrasts}
+    np.testing.assert_array_equal(weights["mean"], unit(design.matrix.columns, "Intercept"))
+    np.testing.assert_array_equal(weights["MvsF"], unit(design.matrix.columns, "C(sex)[T.M]"))
+
+
+def test_formula_drops_maps_with_missing_values_first():
+    table = _table()
+    table.loc[2, "sex"] = np.nan
+    table.loc[5, "age"] = np.nan
+    design = build_design(table, _formula_node([1, "age", "sex"], "1 + age + C(sex)"), entities=["subject"])
+    assert sorted(d["subject"] for d in design.dropped) == ["03", "06"] and len(design.matrix) == 8
+
+
+@pytest.mark.parametrize("formula, error, fragment", [
+    ("1 + weight", UsageError, r"Model\.Formula '1 \+ weight'.*weight"),  # not a Model.X column
+    ("1 + np.log(age - 40)", DataError, r"Model\.Formula.*not finite"),  # NaN for ages under 40
+])
+def test_formula_errors_name_the_formula(formula, error, fragment):
+    with pytest.raises(error, match=fragment):
+        build_design(_table(), _formula_node([1, "age", "sex"], formula), entities=["subject"])
+
+
+def test_categorical_x_without_formula_still_needs_factor():
+    with pytest.raises(DataError, match="encode it with a Factor"):
+        build_design(_table(), _formula_node([1, "sex"]), entities=["subject"])
+
+
+# --------------------------------------------------------------------------
+# Contrasts naming absent columns: dropped with a warning (as PyBIDS drops them)
+# --------------------------------------------------------------------------
+def test_contrasts_naming_absent_columns_are_dropped_with_a_warning(caplog):
+    node = _formula_node([1, "age"], Contrasts=[
+        {"Name": "ageEffect", "ConditionList": ["age"], "Weights": [1], "Test": "t"},
+        {"Name": "ghost", "ConditionList": ["age", "weight"], "Weights": [1, -1], "Test": "t"}],
+        DummyContrasts={"Contrasts": [1, "height"], "Test": "t"})
+    with caplog.at_level(logging.WARNING):
+        design = build_design(_table(), node, entities=["subject"])
+    assert [c.name for c in design.contrasts] == ["intercept", "ageEffect"]
+    assert "ghost" in caplog.text and "weight" in caplog.text and "height" in caplog.text
+
+
+def test_no_contrast_left_is_a_data_error():
+    node = _formula_node([1, "age"], Contrasts=[
+        {"Name": "ghost", "ConditionList": ["weight"], "Weights": [1], "Test": "t"}])
+    with pytest.raises(DataError, match="ghost.*weight"):
+        build_design(_table(), node, entities=["subject"])
+
+
+def test_dummy_f_contrast():
+    node = _formula_node([1, "age"], DummyContrasts={"Contrasts": ["age"], "Test": "F"})
+    (contrast,) = build_design(_table(), node, entities=["subject"]).contrasts
+    assert contrast.test == "F" and contrast.weights.shape == (1, 2)

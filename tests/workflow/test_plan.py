@@ -49,3 +49,12 @@ def test_methods_text_names_the_participant_label_selection(nilearn_dataset, tmp
     out = tmp_path / "out"
     assert _run([nilearn_dataset["root"], out, "group", "--participant-label", "01", "02", "03"]) == 0
     assert "restricted to the participants sub-01, sub-02 and sub-03" in (out / "logs" / "CITATION.md").read_text()
+
+
+def test_model_contrast_names_match_fitlins_and_nilearn_labels():
+    """A Filter on contrast names as the model writes them; FitLins and nilearn write labels."""
+    from bids_group_app.workflow.plan import contrast_names
+
+    assert contrast_names(["task_vs_baseline", "trial_type.word", "a-b"]) == [
+        "task_vs_baseline", "taskVsBaseline", "trial_type.word", "trialTypeWord", "a-b", "aB", "aMinusB"]
+    assert contrast_names([None]) == [None]
