@@ -320,3 +320,24 @@ def test_formula_may_start_with_a_tilde_but_has_no_left_hand_side():
     assert parse_model(node("~ 1 + age")).nodes[0].formula == "1 + age"
     with pytest.raises(UsageError, match="left-hand side"):
         parse_model(node("y ~ 1 + age"))
+
+
+def test_model_less_pre_1_0_steps_are_upgraded_as_pybids_ran_them(caplog):
+    """FitLins's pre-1.0 examples: unnamed steps without Model, DummyContrasts Conditions/Type."""
+    from bids_group_app.model.spec import parse_model, upgrade_legacy
+
+    legacy = {"Name": "Basic", "Steps": [
+        {"Level": "run", "Model": {"X": ["a"]}, "DummyContrasts": {"Conditions": ["a"], "Type": "t"}},
+        {"Level": "subject", "DummyContrasts": {"Conditions": ["face_vs_scram"], "Type": "FEMA"}},
+        {"Level": "dataset", "DummyContrasts": {"Conditions": ["face_vs_scram"], "Type": "t"}}]}
+    upgraded = upgrade_legacy(legacy)
+    run, subject, dataset = upgraded["Nodes"]
+    assert [n["Name"] for n in upgraded["Nodes"]] == ["run", "subject", "dataset"]
+    assert subject["Model"] == {"Type": "meta", "X": [1]} and subject["GroupBy"] == ["subject", "contrast"]
+    assert dataset["Model"] == {"Type": "glm", "X": [1]} and dataset["GroupBy"] == ["contrast"]
+    assert dataset["Filter"] == {"contrast": ["face_vs_scram"]} and dataset["DummyContrasts"] == {"Test": "t"}
+    assert run["Model"] == {"X": ["a"]}  # a step with a Model keeps it
+    assert "Steps" in legacy and "Nodes" not in legacy  # the input document is not changed
+    (node,) = parse_model(legacy).nodes
+    assert node.name == "dataset" and node.x == ["intercept"]
+    assert "has no Model: an intercept model per first-level contrast (face_vs_scram)" in caplog.text
