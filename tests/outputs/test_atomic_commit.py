@@ -80,7 +80,9 @@ def fresh_copy(previous, tmp_path):
 SECOND_RUN = ["group", "--filter", "contrast=motor", "--smoothing-fwhm", "6"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM,  # SIGINT and SIGHUP take the same path: run them with -m slow
+                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                    pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
 def test_signal_before_the_commit_point_leaves_the_previous_state(signum, previous, nilearn_dataset, tmp_path):
     out = fresh_copy(previous, tmp_path)
     proc = start([nilearn_dataset["root"], out, *SECOND_RUN], BIDS_GROUP_APP_TEST_COMMIT_DELAY="60")

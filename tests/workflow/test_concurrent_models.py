@@ -10,6 +10,8 @@ import hashlib
 import subprocess
 import sys
 
+import pytest
+
 from bids_group_app.outputs.naming import parse
 
 TASKS = [
@@ -25,6 +27,7 @@ def _digests(folder):
             for p in sorted(folder.rglob("*.nii.gz"))}
 
 
+@pytest.mark.slow  # 40 s; tests/outputs/test_concurrency.py covers concurrent tasks in the default run
 def test_concurrent_models_and_cells_then_reports_only(nilearn_dataset, tmp_path, chromium):
     ds, out = nilearn_dataset["root"], tmp_path / "out"
     command = [sys.executable, "-m", "bids_group_app", ds, str(out), "group", "--no-reports", "--quiet"]

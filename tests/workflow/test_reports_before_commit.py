@@ -115,6 +115,7 @@ def test_full_disk_on_output_dir_is_exit_73_and_writes_nothing(two_models, nilea
     assert not list(out.glob(f"{STAGING_PREFIX}*"))
 
 
+@pytest.mark.slow  # --reports-only is also run by tests/reporting (test_graph, test_report)
 def test_reports_only_completes_and_rewrites_every_report(two_models, nilearn_dataset, tmp_path):
     out = copy_of(two_models, tmp_path)
     for report in out.glob("model-*_report.html"):
