@@ -24,7 +24,7 @@ from bids_group_app.errors import Interrupted
 LOGGER = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-_state = {"active": False, "committing": False, "received": None}
+_state = {"committing": False, "received": None}
 
 
 def _handler(signum, frame):
@@ -47,13 +47,13 @@ def handled():
         yield
         return
     previous = {sig: signal.signal(sig, _handler) for sig in SIGNALS}
-    _state.update(active=True, committing=False, received=None)
+    _state.update(committing=False, received=None)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _state.update(active=False, committing=False)
+        _state.update(committing=False)
 
 
 def commit_started():

@@ -95,12 +95,14 @@ class OutputWriter:
         self.written = []
         self.committed = False
 
-    def _target(self, relpath):
+    @contextlib.contextmanager
+    def _staged(self, relpath):
+        """The staging path of ``relpath`` (folder created, file registered); a write failure is an OutputError."""
         path = self.staging / relpath
-        with writing(path.parent):
+        with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.written.append(Path(relpath))
-        return path
+            self.written.append(Path(relpath))
+            yield path
 
     def adopt(self, relpaths):
         """Register files that other code wrote into the staging folder."""
@@ -113,26 +115,22 @@ class OutputWriter:
         tokens ``NaN``/``Infinity`` that strict parsers refuse.
         """
         text = json.dumps(_finite_or_null(content), indent=2, default=_json_default, allow_nan=False)
-        path = self._target(relpath)
-        with writing(path):
+        with self._staged(relpath) as path:
             path.write_text(text + "\n")
 
     def text(self, relpath, content):
         """Stage a text file."""
-        path = self._target(relpath)
-        with writing(path):
+        with self._staged(relpath) as path:
             path.write_text(content)
 
     def table(self, relpath, frame):
         """Stage a TSV table (``n/a`` for missing values)."""
-        path = self._target(relpath)
-        with writing(path):
+        with self._staged(relpath) as path:
             frame.to_csv(path, sep="\t", index=False, na_rep="n/a")
 
     def image(self, relpath, img):
         """Stage a NIfTI image."""
-        path = self._target(relpath)
-        with writing(path):
+        with self._staged(relpath) as path:
             nib.save(img, str(path))
 
     def relabel(self, rename):

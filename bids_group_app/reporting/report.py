@@ -159,11 +159,10 @@ def _figure_title(name, what, limit=48):
 
 
 def _load(path):
-    """A map of OUTPUT_DIR, its data read (UnreadableResultsError naming it when damaged)."""
+    """A map of OUTPUT_DIR and its data as float64, read once (UnreadableResultsError naming it when damaged)."""
     with unreadable_results(Path(path).name):
         img = nib.load(str(path))
-        img.get_fdata()  # read (and cache) the data now: a damaged file fails here
-        return img
+        return img, img.get_fdata()
 
 
 def _shortened(text, limit):
@@ -361,8 +360,8 @@ class _Figures:
         from nilearn.plotting import plot_glass_brain, plot_stat_map
 
         kwargs = {"threshold": threshold, "colorbar": True, "title": title}
-        img = _load(path)
-        data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
+        img, data = _load(path)
+        data = np.nan_to_num(data)
         if is_positive_only(statistic, data, test):
             img, source = _positive_part(img, data), None
             data = np.clip(data, 0, None)
@@ -391,8 +390,8 @@ class _Figures:
         """
         from nilearn.plotting import view_img
 
-        img = _load(path)
-        data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
+        img, data = _load(path)
+        data = np.nan_to_num(data)
         options = {}
         positive = is_positive_only("z", data, test)
         if positive:
@@ -448,7 +447,7 @@ def _sections(cells, figures):
             for kind, path, sidecar, clusters in contrast.thresholded:
                 statistic = sidecar.get("Statistic", stat)
                 label = inference_label(kind, statistic, bool(sidecar.get("TwoSided")))
-                survived = bool(np.any(np.asarray(_load(path).dataobj)))
+                survived = bool(np.any(_load(path)[1]))
                 images = figures.statmap(path, partial(cell.names.figure, contrast=contrast.label, thresh=kind), statistic, test, threshold=1e-6,
                                          title=_figure_title(contrast.name, label)) if survived else None
                 thresholded.append({
