@@ -30,15 +30,19 @@ from corpus_data import CORPUS_DIR, corpus_models, run_corpus_model  # noqa: E40
 # Ordered (pattern, cause) pairs grouping error lines into causes; the first match wins.
 CAUSES = [
     (r"has no Nodes list", "the document uses the pre-1.0 `Steps` key, not `Nodes`"),
-    (r"no Dataset-level node", "no Dataset-level node (Run-level only models)"),
+    (r"no Dataset-level node", "no Dataset-level node: a Run-level only model, for the participant level (issue 11)"),
+    (r"design column '(\w+)' holds non-numeric values", r"a text column (`\1`) in X with no Factor: PyBIDS passes "
+                                                          r"the text into the design, which no GLM can fit"),
+    (r"names C\(\w+\)\[T\.", "the contrast names treatment-coded columns (`C(x)[T.level]`) of a Formula "
+                                "without intercept (`0 + C(x)`, full coding): PyBIDS drops it too, leaving none"),
     (r"more than one map.*differ by contrast", "several maps per subject in one cell: a Dataset node whose X names "
                                                 "first-level contrasts (a within-subject design without subject columns)"),
     (r"more than one map.*differ by run", "several maps per subject in one cell: a Dataset node fed by run-level maps "
                                           "directly (no Subject node to combine the runs)"),
     (r"more than one map", "more than one map per subject per cell"),
     (r"not estimable", "a contrast not estimable on the data made for it (the generator's participants columns)"),
-    (r"VarianceComponents|FEMA.*needs the first-level variance", "a draft/unsupported key at the Dataset level "
-                                                                "(refused by name, exit 64)"),
+    (r"VarianceComponents", "the draft key `Model.VarianceComponents` (mixed effects, issue 13): refused by "
+                            "name, exit 64"),
     (r"transformation '(\w+)' is not supported", r"transformation `\1` not supported"),
     (r"Test must be one of t, F, got '(\w+)'", r"contrast Test `\1` not supported"),
     (r"Filter contrast=.* selects no map", "edge Filter names contrasts as in the model; FitLins labels them "
@@ -76,7 +80,7 @@ def status_markdown(results):
     lines = ["# BIDS Stats Models corpus: status", "",
              "Written by `scripts/corpus_status.py` (do not edit by hand). Each model runs as published on",
              "FitLins-layout data made for it (`tests/corpus_data.py`); `tests/model/test_corpus.py` checks the",
-             "t maps of those that run against numpy OLS.", "",
+             "t and F maps of those that run against numpy OLS.", "",
              f"**{len(results)} models: {len(results) - len(failed)} ran, {len(failed)} failed.**", "",
              "| failures | cause |", "|---:|---|"]
     lines += [f"| {n} | {cause} |" for cause, n in causes.most_common()]

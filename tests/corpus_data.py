@@ -148,12 +148,17 @@ def participant_columns(document, contrast_names):
 
 
 def participants_rows(columns, n_subjects, rng):
-    """One row per subject: categorical columns cycle through their levels, numeric ones are random."""
+    """One row per subject: categorical columns cycle through their levels, crossed, numeric ones are random."""
     rows = []
     for i in range(n_subjects):
         row = {"participant_id": f"sub-{i + 1:02d}"}
+        stride = 1  # categorical columns are crossed: every combination of levels appears before any repeats
         for column, levels in columns.items():
-            row[column] = levels[i % len(levels)] if levels else round(float(rng.uniform(20, 60)), 1)
+            if levels:
+                row[column] = levels[(i // stride) % len(levels)]
+                stride *= len(levels)
+            else:
+                row[column] = round(float(rng.uniform(20, 60)), 1)
         rows.append(row)
     return rows
 

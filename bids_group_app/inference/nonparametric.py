@@ -48,6 +48,7 @@ class BlockSpec:
     variable: str | None
     labels: np.ndarray | None
     whole_block: bool
+    scheme: str | None = None  # a scheme the blocks require (None: the settings' or the design's choice)
 
 
 def engine_settings(settings, n_jobs=1):
@@ -78,12 +79,21 @@ def resolve_blocks(cell):
     The settings (``--exchangeability-blocks``, else the node's
     ``Model.Software.bids_group_app.ExchangeabilityBlocks``); else
     ``subject`` when the design has subject columns (paired, repeated
-    measures).
+    measures); else, when a subject has several maps in a design without
+    subject columns (X naming first-level contrasts, or run maps entering a
+    Dataset node as rows, as PyBIDS builds them), ``subject`` blocks that
+    sign-flip as wholes: each subject's maps keep their dependence, which
+    is valid for any contrast when the subjects' error vectors are
+    symmetric (Winkler et al., 2014).
     """
     variable = cell.settings.permutation.exchangeability_blocks
     whole = bool(cell.settings.permutation.whole_block)
+    scheme = None
     if variable is None and any(c.startswith("sub-") for c in cell.design.matrix.columns):
         variable = "subject"
+    elif variable is None and cell.design.repeated_subjects:
+        variable, whole = "subject", True
+        scheme = "signflip" if cell.settings.permutation.shuffle == "auto" else None
     if variable is None:
         return BlockSpec(None, None, False)
     rows = cell.design.rows
@@ -93,7 +103,7 @@ def resolve_blocks(cell):
     labels = rows[variable]
     if labels.isna().any():
         raise DataError(f"exchangeability blocks '{variable}' is missing (n/a) for some maps of node '{cell.node.name}'")
-    return BlockSpec(variable, labels.astype(str).to_numpy(), whole)
+    return BlockSpec(variable, labels.astype(str).to_numpy(), whole, scheme)
 
 
 def available_memory():
@@ -161,9 +171,10 @@ def check_memory(n_perm, n_shufflings, n_rows, n_null, available, where):
 def cell_shufflings(cell, blocks):
     """The shufflings shared by every contrast of a cell (refused when they cannot fit in memory)."""
     X = cell.design.matrix.to_numpy()
-    contrasts = [c.weights for c in cell.design.contrasts]
+    contrasts = [c.weights for c in cell.design.contrasts if c.test in ("t", "F")]  # FEMA/pass are not permuted
     settings = cell.settings.permutation
-    scheme = settings.shuffle if settings.shuffle != "auto" else choose_scheme(X, contrasts, blocks.labels)
+    scheme = (settings.shuffle if settings.shuffle != "auto"
+              else blocks.scheme or choose_scheme(X, contrasts, blocks.labels))
     n_null = 1 + bool(settings.tfce) + 2 * (settings.cluster_forming_p is not None)
     try:
         n_shufflings = count_shufflings(X, scheme, settings.n_perm, blocks.labels, blocks.whole_block)

@@ -38,8 +38,13 @@ class Contrast:
 
     @property
     def vector(self):
-        """Weights as a 1-D vector (t) or 2-D matrix (F)."""
-        return self.weights[0] if self.test == "t" else self.weights
+        """Weights as a 2-D matrix (F) or a 1-D vector (t, FEMA, pass)."""
+        return self.weights if self.test == "F" else self.weights[0]
+
+    @property
+    def fixed_effects(self):
+        """Whether the contrast is a fixed-effects combination of effect and variance maps (FEMA)."""
+        return self.test == "FEMA"
 
 
 @dataclass
@@ -67,6 +72,14 @@ class Design:
     rank: int = 0
     dof: int = 0
 
+    @property
+    def repeated_subjects(self):
+        """Whether a subject's maps enter as several rows without subject columns (run maps, or
+        first-level contrasts named in X, as PyBIDS builds such designs): rows that are not independent."""
+        subjects = self.rows["subject"]
+        return bool(subjects.notna().all() and not subjects.is_unique
+                    and not any(str(c).startswith(SUBJECT_PREFIX) for c in self.matrix.columns))
+
 
 # --------------------------------------------------------------------------
 # Model.X -> columns
@@ -82,7 +95,7 @@ def _indicators(table, entity):
     return columns
 
 
-def expand_x(table, x, entities, categorical=False):
+def expand_x(table, x, entities, categorical=False, aliases=None):
     """Build the design columns named by ``Model.X``.
 
     Parameters
@@ -99,6 +112,11 @@ def expand_x(table, x, entities, categorical=False):
     categorical : bool
         Keep non-numeric columns (a ``Model.Formula`` encodes them); without
         it they are a DataError.
+    aliases : dict, optional
+        ``{value label: X entry}``: an X entry that names a first-level
+        contrast as the model writes it (``trial_type.word``) is the
+        indicator column of the value the maps are labelled with
+        (``trialTypeWord``), named as X names it.
 
     Returns
     -------
@@ -126,6 +144,8 @@ def expand_x(table, x, entities, categorical=False):
                 raise DataError(f"Model.X wildcard '{entry}' matches no variable; variables: {', '.join(pool)}")
             for name in matched:
                 design[name] = _lookup(table, indicator_sources, name)
+        elif entry not in pool and _aliased(indicator_sources, aliases, entry) is not None:
+            design[entry] = _aliased(indicator_sources, aliases, entry)
         else:
             if entry not in pool:
                 raise DataError(
@@ -188,6 +208,15 @@ def apply_formula(frame, formula, node_name):
     return design
 
 
+def _aliased(indicator_sources, aliases, entry):
+    """The ``contrast`` indicator column whose value is an alias of ``entry`` (None when none is)."""
+    columns = indicator_sources.get("contrast", {})
+    for label, named in (aliases or {}).items():
+        if named == entry and label in columns:
+            return columns[label]
+    return None
+
+
 def _lookup(table, indicator_sources, name):
     if name in table.columns and name not in indicator_sources:
         return table[name]
@@ -218,7 +247,8 @@ def resolve_contrasts(node, columns):
     """Contrasts of a node as weight matrices over ``columns``.
 
     DummyContrasts give one contrast per listed column (all columns except
-    subject indicators when no list is given), of the DummyContrasts Test;
+    subject indicators when no list is given), of the DummyContrasts Test
+    (a ``t`` of a ``Model.Type 'meta'`` node is FEMA, as FitLins runs it);
     an explicit contrast named like a dummy one is a UsageError (one of them
     would be lost). A contrast naming a column that ``columns`` lack is
     dropped with a warning, as PyBIDS drops it; none left is a DataError.
@@ -234,7 +264,7 @@ def resolve_contrasts(node, columns):
                 continue
             weights = np.zeros((1, len(columns)))
             weights[0, columns.index(column)] = 1.0
-            resolved[name] = Contrast(name, node.dummy_contrasts["test"], weights)
+            resolved[name] = Contrast(name, _test(node, node.dummy_contrasts["test"]), weights)
     for spec in node.contrasts:
         if spec.name in resolved:
             raise UsageError(f"node '{node.name}': contrast '{spec.name}' has the name of a DummyContrasts contrast; rename it")
@@ -245,7 +275,7 @@ def resolve_contrasts(node, columns):
         weights = np.zeros((spec.weights.shape[0], len(columns)))
         for j, condition in enumerate(spec.conditions):
             weights[:, columns.index(_column_of(condition, columns))] += spec.weights[:, j]
-        resolved[spec.name] = Contrast(spec.name, spec.test, weights)
+        resolved[spec.name] = Contrast(spec.name, _test(node, spec.test), weights)
     dropped = "; ".join(f"{what} names {', '.join(names)}" for what, names in absent)
     if not resolved:
         raise DataError(f"node '{node.name}' has no contrast to compute" + (
@@ -255,6 +285,28 @@ def resolve_contrasts(node, columns):
         LOGGER.warning("node '%s': contrasts dropped, as PyBIDS drops them, because they name columns the design "
                        "lacks: %s; columns: %s", node.name, dropped, ", ".join(columns))
     return list(resolved.values())
+
+
+def _test(node, test):
+    return "FEMA" if getattr(node, "model_type", "glm") == "meta" and test == "t" else test
+
+
+def check_fixed_effects(matrix, contrast, node_name):
+    """Raise UsageError unless a FEMA contrast weighs indicator columns of disjoint maps.
+
+    A fixed-effects contrast combines, per column it weighs, the maps that
+    column selects (the intercept: all), as FitLins does; so each weighed
+    column must be 0/1 and no map may be in two of them.
+    """
+    weighed = [c for c, w in zip(matrix.columns, contrast.weights[0]) if w != 0]
+    if not weighed:
+        raise DataError(f"contrast '{contrast.name}' has only zero weights")
+    values = matrix[weighed].to_numpy()
+    if not np.isin(values, (0.0, 1.0)).all() or (values.sum(axis=1) > 1).any() or not values.any(axis=0).all():
+        raise UsageError(
+            f"node '{node_name}': FEMA contrast '{contrast.name}' weighs {', '.join(weighed)}; a fixed-effects "
+            "combination needs each weighed column to select maps (0/1, each map in at most one column, e.g. the "
+            "intercept or Factor levels); use Test 't' for covariates")
 
 
 def check_estimable(matrix, contrast):
@@ -292,7 +344,7 @@ def _missing_reason(row, columns, table):
     return "missing value (n/a) in " + ", ".join(f"'{c}'" for c in columns)
 
 
-def build_design(table, node, entities):
+def build_design(table, node, entities, aliases=None):
     """Build the design of one cell.
 
     Maps whose model variables are missing (n/a in participants.tsv, or no
@@ -307,6 +359,9 @@ def build_design(table, node, entities):
     node : NodeSpec
     entities : collection of str
         Names of the entity columns.
+    aliases : dict, optional
+        File-name labels of the first-level contrasts X names (see
+        :func:`expand_x`).
 
     Returns
     -------
@@ -316,7 +371,7 @@ def build_design(table, node, entities):
     dropped = []
     for _ in range(len(table) + 1):
         transformed = apply_transformations(rows, node.transformations, entities)
-        matrix = expand_x(transformed, node.x, entities, categorical=node.formula is not None)
+        matrix = expand_x(transformed, node.x, entities, categorical=node.formula is not None, aliases=aliases)
         bad = matrix.isna().any(axis=1)
         if not bad.any():
             break
@@ -343,7 +398,9 @@ def build_design(table, node, entities):
     X = matrix.to_numpy()
     rank = int(np.linalg.matrix_rank(X))
     dof = len(matrix) - rank
-    if dof <= 0:
+    contrasts = resolve_contrasts(node, list(matrix.columns))
+    fitted = [c for c in contrasts if not c.fixed_effects]
+    if dof <= 0 and fitted:
         raise DataError(
             f"node '{node.name}': {len(matrix)} maps and a design of rank {rank} leave {dof} residual degrees of freedom; "
             "at least one more map than the design rank is needed"
@@ -351,7 +408,9 @@ def build_design(table, node, entities):
     if rank < X.shape[1]:
         LOGGER.info("design of node '%s' is rank deficient (rank %d of %d columns); only estimable contrasts are allowed",
                     node.name, rank, X.shape[1])
-    contrasts = resolve_contrasts(node, list(matrix.columns))
-    for contrast in contrasts:
+    for contrast in fitted:
         check_estimable(matrix, contrast)
+    for contrast in contrasts:
+        if contrast.fixed_effects:
+            check_fixed_effects(matrix, contrast, node.name)
     return Design(matrix=matrix, rows=rows, dropped=dropped, contrasts=contrasts, rank=rank, dof=dof)

@@ -14,8 +14,7 @@ Supported at the Dataset level
 Every key of the document is checked against the BIDS Stats Models 1.0
 schema (bsmschema): a key not in the schema, and a key of the schema that a
 Dataset node here does not implement (``Model.HRF``, ``Model.Options.*``,
-the draft ``Model.VarianceComponents``/``ErrorDistribution``,
-``Model.Type 'meta'``, contrast ``Test 'pass'`` or FitLins' ``'FEMA'``), is a
+the draft ``Model.VarianceComponents``/``ErrorDistribution``), is a
 UsageError naming its path (``Nodes[1].Model.VarianceComponents``); for
 Run/Session/Subject nodes only the key names are checked. Legacy (pre-1.0)
 documents are upgraded by :func:`upgrade_legacy` with a warning.
@@ -37,7 +36,10 @@ documents are upgraded by :func:`upgrade_legacy` with a warning.
     ``pybids-transforms-v1``: those of :data:`~bids_group_app.model.transformations.OPTIONS`.
 ``Contrasts`` / ``DummyContrasts``
     t (one row of weights) and F (list of rows) tests; weights may be
-    fractions written as strings (``"1/3"``). Contrasts naming a column that
+    fractions written as strings (``"1/3"``). ``FEMA`` (and every contrast
+    of a ``Model.Type 'meta'`` node) is a fixed-effects combination of the
+    input effect and variance maps, as FitLins computes it; ``pass`` writes
+    the contrast's effect and variance without a test. Contrasts naming a column that
     the design of a cell lacks are dropped with a warning, as PyBIDS does.
 ``Filter``
     On the node (an extension of this app), or on the edge that enters it: ``{variable: value(s)}``
@@ -102,8 +104,8 @@ class ContrastSpec:
     weights : numpy.ndarray of shape (n_rows, n_conditions)
         One row for a t-test, one or more rows for an F-test.
     test : {'t', 'F', 'pass', 'FEMA'}
-        As the model asks; Dataset nodes run 't' and 'F' (see
-        :func:`_require_executable`).
+        As the model asks (see :func:`_require_executable`; a ``t`` of a
+        ``meta`` node is computed as ``FEMA``).
     """
 
     name: str
@@ -199,7 +201,7 @@ def parse_contrast(raw, where):
     weights = _parse_weights(raw["Weights"], len(conditions), f"{where} '{raw['Name']}'")
     test = raw.get("Test") or ("t" if weights.shape[0] == 1 else "F")
     _require(test in KNOWN_TESTS, f"{where} '{raw['Name']}': Test must be one of {', '.join(KNOWN_TESTS)}, got {test!r}")
-    _require(test == "F" or weights.shape[0] == 1, f"{where} '{raw['Name']}': a t-test takes one row of weights; use Test 'F' for {weights.shape[0]} rows")
+    _require(test == "F" or weights.shape[0] == 1, f"{where} '{raw['Name']}': {'a t-test' if test == 't' else f'Test {test!r}'} takes one row of weights; use Test 'F' for {weights.shape[0]} rows")
     return ContrastSpec(str(raw["Name"]), conditions, weights, test)
 
 
@@ -463,25 +465,27 @@ def _check_first_level_node(raw, where):
         _check_keys(raw["DummyContrasts"], "DummyContrasts", f"{where}.DummyContrasts")
 
 
-#: Why a Dataset node cannot run a test yet, by test.
-_NOT_EXECUTABLE = {
-    "pass": "passes its input maps on to a following node without a test; the Dataset nodes of this app end the "
-            "model and test their contrasts, so use Test 't' or 'F'",
-    "FEMA": "(fixed-effects meta-analysis) needs the first-level variance maps, which this app does not use yet; "
-            "use Test 't' or 'F' (random effects over the maps)",
-}
+#: Tests a Dataset node computes from the effect and variance maps, without a GLM fit.
+FIXED_EFFECTS_TESTS = ("FEMA",)
 
 
 def _require_executable(node, where):
-    """Refuse, naming them, the Model.Type and tests that a Dataset node here cannot run yet."""
-    _require(node.model_type == "glm", f"{where}.Model.Type 'meta' (a meta-analysis of effect and variance maps) is "
-                                       "not supported by this app yet; use 'glm'")
-    for i, contrast in enumerate(node.contrasts):
-        _require(contrast.test in SUPPORTED_TESTS,
-                 f"{where}.Contrasts[{i}] '{contrast.name}': Test '{contrast.test}' {_NOT_EXECUTABLE.get(contrast.test, '')}")
+    """Refuse, naming them, the tests and model types a Dataset node cannot run.
+
+    ``Model.Type: meta`` makes every contrast a fixed-effects combination
+    (as FitLins runs it): a ``t`` contrast of a meta node is read as FEMA
+    and ``F`` is refused. FEMA tests one effect, so an F-style weight
+    matrix with several rows is refused; ``pass`` is a contrast of one row.
+    """
+    tests = [(f"{where}.Contrasts[{i}] '{c.name}'", c.test, c.weights.shape[0]) for i, c in enumerate(node.contrasts)]
     if node.dummy_contrasts is not None:
-        test = node.dummy_contrasts["test"]
-        _require(test in SUPPORTED_TESTS, f"{where}.DummyContrasts: Test '{test}' {_NOT_EXECUTABLE.get(test, '')}")
+        tests.append((f"{where}.DummyContrasts", node.dummy_contrasts["test"], 1))
+    for what, test, rows in tests:
+        if node.model_type == "meta":
+            _require(test != "F", f"{what}: Test 'F' in a Model.Type 'meta' node (a fixed-effects meta-analysis "
+                                  "tests one effect at a time); use Test 'FEMA' or 't', or Model.Type 'glm'")
+        _require(test not in (*FIXED_EFFECTS_TESTS, "pass") or rows == 1,
+                 f"{what}: Test '{test}' with {rows} weight rows; '{test}' takes one row (use Test 'F' for several)")
 
 
 def _check_software(software, where):

@@ -141,7 +141,7 @@ def _cell_facts(output_dir, cell, contrast_order):
         "group_by": design.get("GroupBy") or {},
         "n_maps": design.get("NumberOfMaps", len(inputs)),
         "n_subjects": len(design.get("Subjects", [])),
-        "datasets": sorted({i.split(":")[1] for i in inputs if i.startswith("bids:")}),
+        "datasets": sorted({i.split(":")[1] or "OUTPUT_DIR" for i in inputs if i.startswith("bids:")}),
         "inputs": inputs,
         "dropped": [{"reason": r, "subjects": s} for r, s in dropped.items()],
         "n_dropped": sum(len(s) for s in dropped.values()),

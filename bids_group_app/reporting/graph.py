@@ -32,11 +32,13 @@ def consumed(inputs):
     Parameters
     ----------
     inputs : list of str
-        The ``bids:<dataset>:<path>`` URIs of a design sidecar (``Inputs``).
+        The ``bids:<dataset>:<path>`` URIs of a design sidecar (``Inputs``);
+        ``bids::<path>`` (maps this app wrote in OUTPUT_DIR) count as ``OUTPUT_DIR``.
     """
     sources = {}
     for uri in inputs:
         _, dataset, path = (str(uri).split(":", 2) + ["", ""])[:3]
+        dataset = dataset or "OUTPUT_DIR"
         folder = path.split("/", 1)[0]
         where = f"{dataset} {folder}" if folder.startswith("node-") else dataset
         sources[where] = sources.get(where, 0) + 1

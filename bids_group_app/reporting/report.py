@@ -245,6 +245,11 @@ _read_json = read_result_json
 THRESHOLD_ORDER = [*PARAMETRIC_THRESHOLDS, *FWE_BY_LABEL]
 
 
+#: How the report names each Test in a contrast's heading.
+TEST_LABELS = {"t": "t-test", "F": "F-test", "FEMA": "fixed-effects (FEMA) t-test",
+               "pass": "passed on without a test (effect map)"}
+
+
 def _threshold_rank(name):
     kind = name.get("thresh")
     return THRESHOLD_ORDER.index(kind) if kind in THRESHOLD_ORDER else len(THRESHOLD_ORDER)
@@ -440,7 +445,7 @@ def _sections(cells, figures):
         contrasts = []
         for contrast in cell.contrasts:
             test = contrast.sidecar["Contrast"]["Test"]
-            stat = "t" if "t" in contrast.maps else "F"
+            stat = next(s for s in ("t", "F", "effect") if s in contrast.maps)  # a pass contrast has no test
             unthresholded = figures.statmap(contrast.maps[stat], partial(cell.names.figure, contrast=contrast.label, stat=stat), stat, test,
                                             title=_figure_title(contrast.name, f"{stat} (unthresholded)"))
             thresholded = []
@@ -455,10 +460,13 @@ def _sections(cells, figures):
                     "text": _threshold_text(kind, sidecar, label), "images": images,
                     "table": _table_html(clusters), "atlas": sidecar.get("Atlas"),
                 })
-            z_threshold = _parametric_z_threshold(contrast)
-            viewer, viewer_title = figures.viewer(contrast.maps["z"], cell.names.figure("viewer", contrast.label, "z", extension=".html"), z_threshold, test,
-                                                  page_title=f"{contrast.name}: z map")
-            contrasts.append({"name": contrast.name, "test": test,
+            viewer = viewer_title = None
+            if "z" in contrast.maps:
+                z_threshold = _parametric_z_threshold(contrast)
+                viewer, viewer_title = figures.viewer(contrast.maps["z"], cell.names.figure("viewer", contrast.label, "z", extension=".html"), z_threshold, test,
+                                                      page_title=f"{contrast.name}: z map")
+            contrasts.append({"name": contrast.name, "test": test, "stat": stat,
+                              "test_label": TEST_LABELS.get(test, f"{test}-test"),
                               "dof": contrast.sidecar.get("DegreesOfFreedom"),
                               "unthresholded": unthresholded, "thresholded": thresholded, "viewer": viewer,
                               "viewer_title": viewer_title})

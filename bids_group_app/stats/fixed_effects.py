@@ -1,6 +1,7 @@
-"""Combining one subject's runs into subject-level maps (arrays in, arrays out, no I/O).
+"""Combining one subject's runs into subject-level maps, and fixed-effects
+contrasts of any level (arrays in, arrays out, no I/O).
 
-Two ways, chosen by the Subject (or Session) node of the model:
+Two ways for a Subject (or Session) node, chosen by the model:
 
 :func:`fixed_effects`
     ``Model.Type: "meta"`` or ``Test: "FEMA"``: the mean of the run effects,
@@ -15,7 +16,9 @@ Two ways, chosen by the Subject (or Session) node of the model:
     used).
 
 Both return :class:`SubjectMaps`, and both take ``(n_runs, n_voxels)``
-arrays (any trailing shape works).
+arrays (any trailing shape works). :func:`fixed_effects_contrast` is the
+FEMA contrast of a Dataset node (``Test: "FEMA"`` or ``Model.Type: "meta"``):
+fixed effects of the maps each weighed indicator column selects.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ def t_to_z(t, dof):
     return np.where(z_sf < 0, stats.norm.ppf(q), z_sf)
 
 
+def t_sf(t, dof):
+    """One-sided upper-tail p-value of ``t`` at ``dof`` degrees of freedom (nilearn's convention)."""
+    return np.clip(stats.t.sf(np.asarray(t, dtype=float), dof), *_P_CLIP)
+
+
 def _check(effects, variances=None):
     effects = np.asarray(effects, dtype=float)
     if effects.ndim < 1 or effects.shape[0] < 1:
@@ -107,6 +115,54 @@ def fixed_effects(effects, variances, dofs=None):
     effect = np.mean(effects, axis=0)
     t = effect / np.sqrt(np.maximum(variance, STAT_FLOOR))
     dof = float(np.sum(dofs))
+    return SubjectMaps(effect, variance, t, t_to_z(t, dof), dof)
+
+
+def fixed_effects_contrast(effects, variances, X, weights, dofs=None):
+    """A fixed-effects (FEMA) contrast over indicator columns, as FitLins computes it at any level.
+
+    Each column ``j`` weighed by the contrast selects the maps where
+    ``X[:, j] == 1``; those maps are combined by :func:`fixed_effects`
+    (equal weights); the contrast is ``sum_j w_j effect_j`` with variance
+    ``sum_j w_j**2 variance_j`` and ``sum_j dof_j`` degrees of freedom. With
+    one column of weight ``w`` it is ``fixed_effects(...).scaled(w)``.
+
+    Parameters
+    ----------
+    effects, variances : array of shape (n_maps, ...)
+    X : array of shape (n_maps, n_columns)
+        0/1 columns; a map is in at most one weighed column.
+    weights : array of shape (n_columns,)
+    dofs : sequence of float, optional
+        Degrees of freedom of each map (default :data:`DEFAULT_RUN_DOF` each).
+
+    Returns
+    -------
+    SubjectMaps
+    """
+    effects, variances = _check(effects, variances)
+    X = np.asarray(X, dtype=float)
+    weights = np.asarray(weights, dtype=float).ravel()
+    dofs = np.full(effects.shape[0], float(DEFAULT_RUN_DOF)) if dofs is None else np.asarray(dofs, dtype=float)
+    if X.shape != (effects.shape[0], weights.size):
+        raise ValueError(f"design {X.shape} does not match {effects.shape[0]} maps and {weights.size} weights")
+    weighed = np.flatnonzero(weights)
+    if weighed.size == 0:
+        raise ValueError("the contrast has only zero weights")
+    if not np.isin(X[:, weighed], (0.0, 1.0)).all() or (X[:, weighed].sum(axis=1) > 1).any():
+        raise ValueError("a fixed-effects contrast weighs 0/1 columns, each map in at most one of them")
+    effect = np.zeros(effects.shape[1:])
+    variance = np.zeros(effects.shape[1:])
+    dof = 0.0
+    for j in weighed:
+        rows = X[:, j] == 1
+        if not rows.any():
+            raise ValueError(f"column {j} selects no map")
+        part = fixed_effects(effects[rows], variances[rows], dofs[rows])
+        effect = effect + weights[j] * part.effect
+        variance = variance + weights[j] ** 2 * part.variance
+        dof += part.dof
+    t = effect / np.sqrt(np.maximum(variance, STAT_FLOOR))
     return SubjectMaps(effect, variance, t, t_to_z(t, dof), dof)
 
 

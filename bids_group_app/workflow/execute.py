@@ -34,10 +34,16 @@ from bids_group_app.outputs.naming import (
     sanitize_label,
 )
 from bids_group_app.outputs.writer import OutputWriter, recover
-from bids_group_app.stats.fixed_effects import fixed_effects, ols_over_runs
+from bids_group_app.stats.fixed_effects import fixed_effects, fixed_effects_contrast, ols_over_runs, t_sf
 from bids_group_app.stats.glm import contrast_maps, fit_ols
 from bids_group_app.workflow.reports import stage_reports
-from bids_group_app.workflow.sidecars import clusters_sidecar, contrast_about, design_sidecar, nulldist_sidecar
+from bids_group_app.workflow.sidecars import (
+    clusters_sidecar,
+    contrast_about,
+    design_sidecar,
+    nulldist_sidecar,
+    relative_input,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -123,7 +129,8 @@ def _compute_subject_maps(writer, plan_, versions):
             "Node": job.node.name, "Level": job.node.level.capitalize(), "Method": job.method,
             "ContrastWeight": job.weight, "DegreesOfFreedom": maps.dof,
             "Sources": list(job.effects) + list(job.variances), "SoftwareVersions": versions})
-        staged[str(plan_.output_dir / job.relpaths["effect"])] = str(writer.staging / job.relpaths["effect"])
+        for stat in ("effect", "variance"):
+            staged[str(plan_.output_dir / job.relpaths[stat])] = str(writer.staging / job.relpaths[stat])
     return staged
 
 
@@ -131,24 +138,102 @@ def _data_matrix(cell, staged=None):
     estimation = cell.settings.estimation
     paths = [(staged or {}).get(p, p) for p in cell.design.rows["path"]]
     dm = build_data_matrix(paths, mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm)
+    if not _fitted(cell):  # fixed effects only: no GLM residuals to be constant
+        return dm
     where = ", ".join(f"{key}={value}" for key, value in (cell.group_values or {}).items())
     return exclude_zero_variance(dm, cell.design.matrix.to_numpy(), f"node '{cell.node.name}'" + (f" ({where})" if where else ""))
+
+
+def _fitted(cell):
+    """The contrasts of a cell computed from its GLM fit (t, F, pass), not by fixed effects."""
+    return [c for c in cell.design.contrasts if not c.fixed_effects]
+
+
+def _tested(cell):
+    """The contrasts of a cell that permutations test (t and F)."""
+    return [c for c in cell.design.contrasts if c.test in ("t", "F")]
+
+
+def _write_maps(writer, names, contrast, dm, maps, sidecar):
+    for stat, values in maps.items():
+        writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values.astype(np.float32)))
+        writer.json(names.statmap(contrast.name, stat, extension=".json"), {"Statistic": stat, **sidecar})
+
+
+def _write_pass(writer, names, cell, dm, labels, results, contrast, common):
+    """A ``pass`` contrast: its effect and variance, no test."""
+    maps = contrast_maps(labels, results, contrast.vector, "t")
+    about = contrast_about(contrast, cell.design, maps)
+    for key in ("PValue", "ZScore"):
+        about.pop(key)
+    about["Test"] = "none: the contrast is passed on (Test 'pass')"
+    _write_maps(writer, names, contrast, dm, {"effect": maps.effect, "variance": maps.variance}, {**about, **common})
+
+
+def _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, derivatives):
+    """A FEMA contrast: fixed effects of the input effect and variance maps (+ its thresholded z)."""
+    design = cell.design
+    positive = np.all(variances > 0, axis=0)
+    maps = fixed_effects_contrast(dm.Y, np.where(positive, variances, 1.0), design.matrix.to_numpy(),
+                                  contrast.vector)
+    values = {**maps.as_dict(), "p": t_sf(maps.t, maps.dof)}
+    values = {stat: np.where(positive, v, 0.0) for stat, v in values.items()}
+    about = {
+        "Contrast": {"Name": contrast.name, "Test": "FEMA", "Weights": contrast.vector.tolist(),
+                     "Columns": list(design.matrix.columns)},
+        "Method": "fixed effects of the input effect and variance maps (equal weights, as nilearn "
+                  "compute_fixed_effects and FitLins), per weighed column",
+        "DegreesOfFreedom": maps.dof,
+        "Variances": [relative_input(p, *derivatives) for p in design.rows["_variance"]],
+        "ExcludedNonPositiveVariance": int((~positive).sum()),
+        "PValue": "one-sided, upper tail of the t distribution (nilearn convention)",
+        "ZScore": "standard-normal quantile of the one-sided p-value",
+    }
+    if (~positive).any():
+        LOGGER.warning("node '%s' contrast '%s': %d voxel(s) with a variance <= 0 in some input are set to 0",
+                       cell.node.name, contrast.name, int((~positive).sum()))
+    _write_maps(writer, names, contrast, dm, values, {**common, **about})  # its own DegreesOfFreedom
+    parametric = cell.settings.parametric
+    thresholded = threshold_contrast(
+        dm.masker.inverse_transform(values["z"].astype(np.float32)), dm.mask_img,
+        height_control=parametric.height_control, alpha=parametric.alpha,
+        cluster_threshold=parametric.cluster_threshold, two_sided=parametric.two_sided,
+        connectivity=cell.settings.permutation.connectivity,
+    )
+    if thresholded is not None:
+        img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
+        _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control), img,
+                           thresholded.clusters, {"Statistic": "z", **common, **about, **thresholded.describe()})
 
 
 def _write_cell(writer, cell, plan_, config, versions, staged=None):
     design = cell.design
     names = cell.names
     dm = _data_matrix(cell, staged)
-    labels, results = fit_ols(dm.Y, design.matrix.to_numpy())
+    fitted, tested = _fitted(cell), _tested(cell)
+    labels, results = fit_ols(dm.Y, design.matrix.to_numpy()) if fitted else (None, None)
+    variances = None
+    if len(fitted) < len(design.contrasts):
+        variances = dm.masker.transform([(staged or {}).get(p, p) for p in design.rows["_variance"]])
     common = {**design_sidecar(cell, plan_, dm), "SoftwareVersions": versions}
     writer.table(names.design(), design.matrix)
     writer.json(names.design(".json"), common)
     writer.image(names.mask(), dm.mask_img)
-    n_perm = cell.settings.permutation.n_perm
+    n_perm = cell.settings.permutation.n_perm if tested else 0
+    if cell.settings.permutation.n_perm and len(tested) < len(design.contrasts):
+        LOGGER.info("node '%s': contrasts %s are not permuted (Test FEMA or pass)", cell.node.name,
+                    ", ".join(c.name for c in design.contrasts if c not in tested))
     if n_perm:
         blocks = nonparametric.resolve_blocks(cell)
         shufflings = nonparametric.cell_shufflings(cell, blocks)
     for contrast in design.contrasts:
+        if contrast.fixed_effects:
+            _write_fixed_effects(writer, names, cell, dm, variances, contrast, common,
+                                 (plan_.derivatives, plan_.output_dir))
+            continue
+        if contrast.test == "pass":
+            _write_pass(writer, names, cell, dm, labels, results, contrast, common)
+            continue
         about, parametric = _write_parametric(writer, names, cell, dm, labels, results, contrast, common)
         if n_perm:
             test, null = nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, config, names.key)
@@ -162,14 +247,17 @@ def compute_shards(plan_, config):
     if plan_.computed:
         raise UsageError(f"--perm-shard: node '{plan_.computed[0].node.name}' is computed from run-level maps in "
                          "the full run only; run without --perm-shard")
+    if plan_.chained:
+        raise UsageError("--perm-shard: a Dataset node of this model is fit on another Dataset node's outputs, "
+                         "which exist in the full run only; run without --perm-shard")
     saved = 0
     for cell in plan_.cells:
-        if not cell.settings.permutation.n_perm:
+        if not cell.settings.permutation.n_perm or not _tested(cell):
             continue
         dm = _data_matrix(cell)
         blocks = nonparametric.resolve_blocks(cell)
         shufflings = nonparametric.cell_shufflings(cell, blocks)
-        for contrast in cell.design.contrasts:
+        for contrast in _tested(cell):
             nonparametric.run_contrast(dm, cell, contrast, shufflings, blocks, config, cell.names.key)
             saved += 1
     return saved
@@ -208,6 +296,7 @@ def _execute(plan_, config, argv):
     versions = software_versions()
     try:
         staged = _compute_subject_maps(writer, plan_, versions)
+        staged.update({str(plan_.output_dir / rel): str(writer.staging / rel) for rel in plan_.chained})
         for cell in plan_.cells:
             LOGGER.info("fitting node %s %s (%d maps)", cell.node.name, cell.group_values or "", len(cell.design.rows))
             _write_cell(writer, cell, plan_, config, versions, staged)

@@ -17,9 +17,16 @@ Dataset node; see :mod:`bids_group_app.stats.fixed_effects`). ``Input`` and
 CLI filters apply to the maps whose entities they name: a ``run`` filter
 selects run-level maps and is reported (a warning) as not applying to
 subject-level maps, which have no run; a filter that applies nowhere is an
-error. A Dataset node fed by another Dataset node is refused (exit 64).
-Without a ``node`` entity (nilearn, SPM exports) the edges only carry their
-``Filter`` and every selected map is an input, as before.
+error. Without a ``node`` entity (nilearn, SPM exports) the edges only carry
+their ``Filter`` and every selected map is an input, as before.
+
+A Dataset node fed by another Dataset node (a Dataset→Dataset edge, in any
+layout) is fit on that node's outputs, as PyBIDS passes them on
+(:func:`_chain_rows`): one row per cell and contrast of the source node
+(its ``stat-effect`` map, with its ``stat-variance`` for FEMA), whose
+columns are the source cell's GroupBy values and ``contrast`` (named as
+PyBIDS names outputs, :func:`computed_contrast_name`); the rows have no
+subject. Nodes are planned sources first.
 """
 
 from __future__ import annotations
@@ -137,6 +144,7 @@ class Plan:
     participants_report: dict = field(default_factory=dict)
     model_label: str = "model"
     computed: list = field(default_factory=list)  # ComputedMap, computed before the cells are fit
+    chained: list = field(default_factory=list)  # relpaths of cell outputs that later cells read
 
 
 def _check_paths(inputs):
@@ -238,11 +246,31 @@ def _cells(table, node, entity_columns):
         yield {k: label_of[k][v] for k, v in zip(keys, values)}, rows
 
 
-def _check_collisions(rows, node, group_values, entity_columns):
-    def in_design(entity):
-        return entity in node.x or any(str(v) in node.x for v in rows[entity].dropna().unique())
+def x_aliases(node):
+    """``{label: X entry}``: the file-name labels (:func:`contrast_names`) an X entry naming a first-level
+    contrast may have (``trialTypeWord`` for ``trial_type.word``)."""
+    aliases = {}
+    for entry in node.x:
+        for name in contrast_names([entry]):
+            aliases.setdefault(str(name), entry)
+    return aliases
 
-    within = [e for e in entity_columns if e != "subject" and e in rows.columns and e not in node.group_by and in_design(e)]
+
+def _check_collisions(rows, node, group_values, entity_columns, run_maps=False):
+    """One map per subject per cell, unless the design tells the maps of a subject apart.
+
+    They are told apart by an entity the design names (X naming ``contrast``
+    or one of its values) and, for a node fed run-level maps directly
+    (``run_maps``), by ``session`` and ``run``: those maps enter as rows, as
+    PyBIDS makes them.
+    """
+    aliases = x_aliases(node)
+
+    def in_design(entity):
+        return entity in node.x or any(str(v) in aliases for v in rows[entity].dropna().unique())
+
+    within = [e for e in entity_columns if e != "subject" and e in rows.columns and e not in node.group_by
+              and (in_design(e) or (run_maps and e in ("session", "run")))]
     keys = ["subject"] + [k for k in node.group_by if k in rows.columns and k != "subject"] + within
     collisions = inputs_stage.find_collisions(rows, keys)
     if collisions:
@@ -255,6 +283,43 @@ def _check_collisions(rows, node, group_values, entity_columns):
         )
 
 
+def _warn_repeated(design, node, group_values):
+    """Say so when a subject's maps enter a design without subject columns as separate rows."""
+    if not design.repeated_subjects:
+        return
+    subjects = design.rows["subject"]
+    where = ", ".join(f"{k}={v}" for k, v in group_values.items())
+    LOGGER.warning("node '%s'%s: %d maps of %d subjects enter as separate rows, as the model is written (its X has "
+                   "no subject columns); the parametric tests treat them as independent, and permutations flip "
+                   "each subject's maps together", node.name, f" ({where})" if where else "", len(subjects),
+                   subjects.nunique())
+
+
+def _attach_variances(design, node, known_paths, settings):
+    """Give a cell with FEMA contrasts the ``stat-variance`` map of each of its maps (``_variance``).
+
+    Raises
+    ------
+    DataError
+        Naming the effect maps that have no variance map beside them.
+    UsageError
+        When the node smooths its inputs (smoothed effects with unsmoothed
+        variances would be a wrong fixed-effects combination).
+    """
+    names = ", ".join(c.name for c in design.contrasts if c.fixed_effects)
+    if settings.estimation.smoothing_fwhm:
+        raise UsageError(f"node '{node.name}': FEMA contrast(s) {names} combine effect and variance maps, which "
+                         "--smoothing-fwhm would make inconsistent; run it without smoothing")
+    variances = [_variance_path(p) for p in design.rows["path"]]
+    absent = [v or f"(no stat-effect in {Path(p).name})" for p, v in zip(design.rows["path"], variances)
+              if v not in known_paths]
+    if absent:
+        raise DataError(f"node '{node.name}': FEMA contrast(s) {names} need the stat-variance map of each input "
+                        f"effect map; missing: {', '.join(Path(a).name for a in absent[:5])}"
+                        + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""))
+    design.rows["_variance"] = variances
+
+
 def _node_maps(table, label):
     return table[table["node"] == label]
 
@@ -264,10 +329,7 @@ def _route(graph, node_name, table):
     edge = graph.incoming(node_name)
     if edge is None:
         return None
-    if graph.levels[edge.source] == "dataset":
-        raise UsageError(f"{edge.describe()}: a Dataset node fed by another Dataset node's outputs is not supported; "
-                         "give the Dataset nodes edges from the Subject (or Run) node, or run them as separate models")
-    source = graph.lower[edge.source]
+    source = graph.lower[edge.source]  # Dataset sources are chained, not routed (:func:`_chain_rows`)
     present = sorted(table["node"].dropna().unique())
     if source.label in present:
         return Route(edge, _node_maps(table, source.label))
@@ -349,30 +411,111 @@ def _subject_jobs(route, rows, table):
         first = runs.iloc[0]
         entities = {k: first[k] for k in ENTITY_KEYS if k not in ("contrast", "run", "node") and k in runs.columns
                     and runs[k].notna().all() and runs[k].nunique() == 1}
+        unique = runs["contrast"].dropna().unique() if "contrast" in runs.columns else []
+        incoming = str(unique[0]) if len(unique) == 1 else None
         for name, weight in node.contrasts:
-            contrast = name or (first["contrast"] if "contrast" in runs.columns and pd.notna(first["contrast"]) else "intercept")
+            contrast = computed_contrast_name(name, incoming)
             jobs.append(ComputedMap(node, str(first["subject"]), entities, str(contrast), weight,
                                     list(runs["path"]), variances))
     return jobs
 
 
+def computed_contrast_name(name, incoming):
+    """The name of a computed subject-level contrast, as PyBIDS names it (``_build_contrasts``).
+
+    ``name`` is the node's contrast name (None for DummyContrasts, whose
+    contrast is the intercept, PyBIDS's ``1``); ``incoming`` the one
+    first-level contrast of the GroupBy cell (None when several enter).
+    The intercept takes the incoming name (else ``intercept``); another
+    name is prefixed with it: ``gain_neg``.
+
+    >>> computed_contrast_name(None, "gain"), computed_contrast_name("neg", "gain"), computed_contrast_name("1", None)
+    ('gain', 'gain_neg', 'intercept')
+    """
+    if name in (None, "1"):
+        return incoming or "intercept"
+    return f"{incoming}_{name}" if incoming else name
+
+
 def _computed_rows(jobs, label, output_dir, columns):
     """Index rows of the computed maps (paths in OUTPUT_DIR), named with the model label."""
-    records = []
+    records, seen = [], {}
     for job in jobs:
         job.relpaths = {stat: computed_map(label, job.node.name, job.subject, job.entities, job.contrast, stat)
                         for stat in ("effect", "variance", "t", "z")}
+        other = seen.setdefault(job.relpaths["effect"], job)
+        if other is not job:
+            raise UsageError(f"node '{job.node.name}': two of its sub-{job.subject} maps would both be named "
+                             f"{Path(job.relpaths['effect']).name} (contrasts {other.contrast!r} and {job.contrast!r} "
+                             "as BIDS labels); rename one, or add the entity that tells them apart to its GroupBy")
         records.append({"path": str(output_dir / job.relpaths["effect"]), "dataset": output_dir.name,
                         **job.entities, "subject": job.subject, "contrast": job.contrast,
                         "node": job.node.label, "stat": "effect", "suffix": "statmap", "extension": ".nii.gz"})
     return pd.DataFrame.from_records(records, columns=columns)
 
 
+def chain_edge(model, name):
+    """The edge into Dataset node ``name`` from another Dataset node (None when it is fed otherwise)."""
+    graph = model.graph if model is not None else None
+    edge = graph.incoming(name) if graph is not None else None
+    return edge if edge is not None and graph.levels.get(edge.source) == "dataset" else None
+
+
+def _planning_order(model):
+    """The Dataset nodes, each after the Dataset node that feeds it (document order otherwise)."""
+    order, placed = [], set()
+    pending = list(model.nodes)
+    while pending:
+        ready = [n for n in pending if chain_edge(model, n.name) is None or chain_edge(model, n.name).source in placed]
+        if not ready:
+            raise UsageError("the Dataset→Dataset edges of the model form a cycle: "
+                             + ", ".join(chain_edge(model, n.name).describe() for n in pending))
+        order.append(ready[0])
+        placed.add(ready[0].name)
+        pending.remove(ready[0])
+    return order
+
+
+def _chain_rows(edge, cells, output_dir):
+    """Index rows of the outputs of Dataset node ``edge.source`` (its planned ``cells``) that feed the next node.
+
+    One row per cell and contrast with an effect map (an F contrast has none:
+    it is left out, with a warning): ``path`` (in OUTPUT_DIR, written by
+    this run), the cell's GroupBy values, ``contrast`` (PyBIDS's name of the
+    output: :func:`computed_contrast_name` of the contrast and the cell's
+    incoming contrast) and ``_relpaths`` (effect and variance).
+    """
+    records, skipped = [], []
+    for cell in cells:
+        incoming = cell.group_values.get("contrast")
+        for contrast in cell.design.contrasts:
+            if contrast.test == "F":
+                skipped.append(contrast.name)
+                continue
+            name = None if contrast.name in ("intercept", "Intercept", "1") else contrast.name
+            relpaths = {stat: cell.names.statmap(contrast.name, stat) for stat in ("effect", "variance")}
+            records.append({**{k: v for k, v in cell.group_values.items()},
+                            "path": str(output_dir / relpaths["effect"]), "dataset": output_dir.name,
+                            "subject": None, "contrast": computed_contrast_name(name, incoming),
+                            "node": fitlins_label(edge.source), "stat": "effect", "_relpaths": relpaths})
+    if skipped:
+        LOGGER.warning("%s: F contrast(s) %s have no effect map and do not feed node '%s'", edge.describe(),
+                       ", ".join(sorted(set(skipped))), edge.destination)
+    if not records:
+        raise UsageError(f"{edge.describe()}: node '{edge.source}' outputs no effect map (only F contrasts) "
+                         f"for node '{edge.destination}' to fit")
+    return pd.DataFrame.from_records(records)
+
+
 def _routes(model, table):
-    """``{Dataset node: Route or None}`` when the maps are FitLins nodes' (None otherwise)."""
+    """``{Dataset node: Route or None}`` when the maps are FitLins nodes' (None otherwise).
+
+    Nodes fed by another Dataset node are not routed (:func:`_chain_rows`).
+    """
     if model is None or model.graph is None or "node" not in table.columns or table["node"].isna().all():
         return None
-    routes = {node.name: _route(model.graph, node.name, table) for node in model.nodes}
+    routes = {node.name: _route(model.graph, node.name, table) for node in model.nodes
+              if chain_edge(model, node.name) is None}
     return routes if any(r is not None for r in routes.values()) else None
 
 
@@ -471,12 +614,31 @@ def plan(config):
     result = Plan(bids_dir, output_dir, derivatives, document, filters, participants_report=report,
                   model_label=label, computed=computed)
     keys = set()
-    for node in model.nodes:
-        rows = joined if routes is None else joined[joined["path"].isin(set(inputs_of[node.name]["path"]))]
+    known_paths = set(table["path"]) | {str(output_dir / job.relpaths["variance"]) for job in computed}
+    cells_of = {}
+    for node in _planning_order(model):
+        chain = chain_edge(model, node.name)
+        if chain is not None:
+            rows = _chain_rows(chain, cells_of[chain.source], output_dir)
+            known_paths |= {str(output_dir / r["variance"]) for r in rows["_relpaths"]}
+        elif routes is None:
+            rows = joined
+        else:
+            rows = joined[joined["path"].isin(set(inputs_of[node.name]["path"]))]
         rows = _apply_node_filters(rows, node)
+        route = routes.get(node.name) if routes is not None else None
+        run_maps = (route is not None and route.subject_node is None
+                    and model.graph.levels.get(route.edge.source) == "run")
+        cells_of[node.name] = []
         for group_values, cell_rows in _cells(rows, node, entity_columns):
-            _check_collisions(cell_rows, node, group_values, entity_columns)
-            design = build_design(cell_rows.reset_index(drop=True), node, entity_columns)
+            if chain is None:
+                _check_collisions(cell_rows, node, group_values, entity_columns, run_maps)
+            else:
+                result.chained.extend(rel for r in cell_rows["_relpaths"] for rel in r.values())
+            design = build_design(cell_rows.reset_index(drop=True), node, entity_columns, x_aliases(node))
+            _warn_repeated(design, node, group_values)
+            if any(c.fixed_effects for c in design.contrasts):
+                _attach_variances(design, node, known_paths, settings[node.name])
             names = CellNames(label, node.name, cell_entities(group_values))
             contrasts = [sanitize_label(c.name) for c in design.contrasts]
             duplicates = sorted({n for n in contrasts if contrasts.count(n) > 1})
@@ -486,6 +648,7 @@ def plan(config):
                 raise UsageError(f"two nodes are named '{sanitize_label(node.name)}' once made BIDS labels; rename one")
             keys.add(names.key)
             result.cells.append(Cell(node, group_values, design, names, settings[node.name]))
+            cells_of[node.name].append(result.cells[-1])
     LOGGER.info("planned %d model cell(s) from %d maps", len(result.cells), len(selected))
     return result
 

@@ -7,11 +7,14 @@ from pathlib import Path
 from bids_group_app.inference.atlas import COLUMN_DESCRIPTIONS
 
 
-def relative_input(path, derivatives):
-    """``bids:<dataset>:<path>`` of an input inside one of the derivative datasets."""
+def relative_input(path, derivatives, output_dir=None):
+    """``bids:<dataset>:<path>`` of an input inside one of the derivative datasets, or
+    ``bids::<path>`` (a BIDS URI into this dataset) of one the app wrote in ``output_dir``."""
     for root in derivatives:
         if Path(path).is_relative_to(root):
             return f"bids:{root.name}:{Path(path).relative_to(root)}"
+    if output_dir is not None and Path(path).is_relative_to(output_dir):
+        return f"bids::{Path(path).relative_to(output_dir)}"
     return str(path)
 
 
@@ -21,12 +24,14 @@ def design_sidecar(cell, plan_, dm):
     ``ParticipantsWithoutMaps`` lists the participants.tsv rows with no
     selected map among the subjects the user selected; rows left out by
     ``--participant-label`` or the model's Input ``subject`` are not in it.
-    ``Mask.NumberOfVoxels`` counts the voxels analysed; ``Mask.ExcludedZeroVariance``
+    ``RepeatedMeasures`` is there only when a subject's maps enter as
+    several rows without subject columns. ``Mask.NumberOfVoxels`` counts the voxels analysed; ``Mask.ExcludedZeroVariance``
     the voxels of the source mask left out for having no residual variance
     under the design.
     """
     design = cell.design
     estimation = cell.settings.estimation
+    subjects = design.rows["subject"]
     return {
         "Node": cell.node.name,
         "GroupBy": cell.group_values,
@@ -34,10 +39,14 @@ def design_sidecar(cell, plan_, dm):
         "Rank": design.rank,
         "DegreesOfFreedom": design.dof,
         "NumberOfMaps": len(design.rows),
-        "Subjects": sorted(design.rows["subject"].unique()),
-        "Inputs": [relative_input(p, plan_.derivatives) for p in design.rows["path"]],
+        "Subjects": sorted(subjects.dropna().unique()),
+        **({"RepeatedMeasures": f"{len(subjects)} maps of {subjects.nunique()} subjects enter as separate rows "
+                                "without subject columns, as the model is written; the parametric tests treat "
+                                "them as independent"} if design.repeated_subjects else {}),
+        "Inputs": [relative_input(p, plan_.derivatives, plan_.output_dir) for p in design.rows["path"]],
         "DroppedSubjects": [
-            {"subject": d["subject"], "input": relative_input(d["path"], plan_.derivatives), "reason": d["reason"]}
+            {"subject": d["subject"], "input": relative_input(d["path"], plan_.derivatives, plan_.output_dir),
+             "reason": d["reason"]}
             for d in design.dropped
         ],
         "ParticipantsWithoutMaps": plan_.participants_report.get("without_maps", []),
@@ -45,7 +54,7 @@ def design_sidecar(cell, plan_, dm):
         "Mask": {"Source": estimation.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1]),
                  "ExcludedZeroVariance": dm.excluded_zero_variance},
         "SmoothingFWHM": estimation.smoothing_fwhm,
-        "ResampledInputs": [relative_input(p, plan_.derivatives) for p in dm.resampled],
+        "ResampledInputs": [relative_input(p, plan_.derivatives, plan_.output_dir) for p in dm.resampled],
     }
 
 

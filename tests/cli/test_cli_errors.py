@@ -132,7 +132,7 @@ MODELS.update({
                              "VarianceComponents": [{"Name": "subject", "LevelsFrom": "subject"}]},
                    "DummyContrasts": {"Test": "t"}}],
     },
-    "fema": _contrast_model([{"Name": "fixedMean", "ConditionList": [1], "Weights": [1], "Test": "FEMA"}]),
+    "fema_covariate": _contrast_model([{"Name": "fixedAge", "ConditionList": ["age"], "Weights": [1], "Test": "FEMA"}]),
     "formula_typo": {
         "Name": "formulaTypo", "BIDSModelVersion": "1.0.0",
         "Nodes": [{"Level": "Dataset", "Name": "regression", "GroupBy": ["contrast"],
@@ -597,8 +597,9 @@ SUBPROCESS_CASES = {
 SUBPROCESS_CASES.update({
     "64-variance-components": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "variance_components")],
                                64, lambda c: ["Nodes[0].Model.VarianceComponents"], {"one_line": True}),
-    "64-fema": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "fema")], 64,
-                lambda c: ["Nodes[0].Contrasts[0]", "FEMA"], {"one_line": True}),
+    "64-fema-on-a-covariate": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "fema_covariate")],
+                               64, lambda c: ["FEMA contrast 'fixedAge' weighs age", "Test 't' for covariates"],
+                               {"one_line": True}),
     "64-formula-typo": (lambda c: [c.bids, c.out, "group", "--quiet", "--model", _model(c, "formula_typo")], 64,
                         lambda c: ["Nodes[0].Model.Formulae", "not a BIDS Stats Models key"], {"one_line": True}),
 })

@@ -3,14 +3,17 @@
 Each model of ``tests/data/bsm_corpus`` (see its SOURCES.md) is run with
 ``bids_group_app BIDS_DIR OUT group --model FILE`` on FitLins-layout
 derivatives made for it by :func:`corpus_data.make_corpus_dataset`. For a
-model that runs, every Dataset-level t map is checked:
+model that runs, every Dataset-level t and F map is checked:
 
 * its inputs (the sidecar's ``Inputs``) are exactly the maps the model's
-  edges select: the source node's folder, the edge's contrast Filter, the
-  model's ``Input.subject`` and the cell's participants.tsv values;
+  edges select: the source node's folder (every run's maps from a Run
+  node), the edge's contrast Filter (every selected contrast when the cell
+  is not one contrast), the model's ``Input.subject`` and the cell's
+  participants.tsv values;
 * where the design is simple enough to build here (``1``, numeric
   participants columns, ``var.LEVEL`` indicators, ``Demean``/``Product``
-  outputs), the t values equal an independent numpy OLS on those maps.
+  outputs, first-level contrast names as indicators), the t and F values
+  equal an independent numpy OLS on those maps.
 
 Models that do not run today are strict xfails whose reason is the app's
 error line; the test fails (not xfails) when the error line changes, so a
@@ -53,12 +56,6 @@ RAN_UNCHECKED = {
 }
 
 KNOWN_FAILURES = {
-    'fitlins/ds000003_model-001_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in the model (one map per subject per cell is needed), e.g. sub-01_task-rhymejudgment_contrast-trialTypePseudoword_stat-effect_statmap.nii.gz, sub-01_task-rhymejudgment_contrast-trialTypeWord_stat-effect_statmap.nii.gz; they differ by contrast: select one with --filter, or add it to GroupBy',
-    'fitlins/ds000030_model-001_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in contrast=acceptVsExplode (one map per subject per cell is needed), e.g. sub-01_task-bart_run-1_contrast-acceptVsExplode_stat-effect_statmap.nii.gz, sub-01_task-bart_run-2_contrast-acceptVsExplode_stat-effect_statmap.nii.gz; they differ by run: select one with --filter, or add it to GroupBy',
-    'model-zoo/model-001_smdl.json':
-        'bids_group_app: error: 10 subject(s) have more than one map in the model (one map per subject per cell is needed), e.g. sub-01_task-rhymejudgment_contrast-trialTypePseudoword_stat-effect_statmap.nii.gz, sub-01_task-rhymejudgment_contrast-trialTypeWord_stat-effect_statmap.nii.gz; they differ by contrast: select one with --filter, or add it to GroupBy',
     'model-zoo/model-FaceRepParametric_desc-fitlins_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-FaceRep_desc-fitlins_smdl.json':
@@ -67,10 +64,6 @@ KNOWN_FAILURES = {
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-MoAE_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
-    'model-zoo/model-ds0005_altered_anova_2_by_4_cell_means_smdl.json':
-        "bids_group_app: error: contrast 'main sex effect f-test' is not estimable with this design (rank 4 of 8 columns); its columns fake_patient_grp.1:sex.M, fake_patient_grp.1:sex.F, fake_patient_grp.2:sex.M, fake_patient_grp.2:sex.F, fake_patient_grp.3:sex.M, fake_patient_grp.3:sex.F, fake_patient_grp.4:sex.M, fake_patient_grp.4:sex.F are confounded with others",
-    'model-zoo/model-ds0005_altered_two_by_two_bs_anova_smdl.json':
-        "bids_group_app: error: contrast 'main sex effect f-test' is not estimable with this design (rank 2 of 4 columns); its columns m_task1, m_task2, f_task1, f_task2 are confounded with others",
     'model-zoo/model-ds2799_desc-compcop_smdl.json':
         'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
     'model-zoo/model-ds2799_desc-scrubbing_smdl.json':
@@ -86,7 +79,7 @@ KNOWN_FAILURES = {
     'pybids/ds-005_type-test_model.json':
         "bids_group_app: error: design column 'sex' holds non-numeric values (F, M); encode it with a Factor transformation or use it in a Model.Formula",
     'pybids/ds-005_type-testnodummy_model.json':
-        "bids_group_app: error: Nodes[2].Contrasts[0] '1': Test 'FEMA' (fixed-effects meta-analysis) needs the first-level variance maps, which this app does not use yet; use Test 't' or 'F' (random effects over the maps)",
+        "bids_group_app: error: design column 'sex' holds non-numeric values (F, M); encode it with a Factor transformation or use it in a Model.Formula",
 }
 
 
@@ -125,19 +118,34 @@ def _selected_subjects(document, truth, cell):
             and all(str(rows[s][k]) == str(v) for k, v in columns.items())]
 
 
-def _expected_inputs(truth, source, contrast_label, subjects):
+def _expected_inputs(truth, source, contrast_labels, subjects, run_level):
+    """The FitLins maps of ``source`` for these subjects and contrasts (every run's, from a Run node)."""
     task = truth["task"]
-    return sorted(f"bids:fitlins:node-{to_alphanum(source)}/{s}/{s}_task-{task}_contrast-{contrast_label}"
-                  "_stat-effect_statmap.nii.gz" for s in subjects)
+    runs = [(ses, run) for ses in truth["sessions"] for run in truth["runs"]] if run_level else [(None, None)]
+    paths = []
+    for s in subjects:
+        for label in contrast_labels:
+            for ses, run in runs:
+                stem = "_".join([s] + ([f"ses-{ses}"] if ses else []) + [f"task-{task}"]
+                                + ([f"run-{run}"] if run else []) + [f"contrast-{label}"])
+                paths.append(f"bids:fitlins:node-{to_alphanum(source)}/{s}/{stem}_stat-effect_statmap.nii.gz")
+    return sorted(paths)
 
 
 # --------------------------------------------------------------------------
 # Independent design and OLS
 # --------------------------------------------------------------------------
 def _column(name, rows, columns, derived):
-    """One design column from participants.tsv rows, or None when it is not a simple case."""
+    """One design column from participants.tsv rows, or None when it is not a simple case.
+
+    A name that is a first-level contrast (as the model writes it, or its
+    FitLins label) is the indicator of the maps of that contrast (each row's
+    ``_contrast``), as PyBIDS dummy-codes the incoming contrasts.
+    """
     if name in ("1", "intercept"):
         return np.ones(len(rows))
+    if rows and any(r["_contrast"] in (name, to_alphanum(name)) for r in rows):
+        return np.array([float(r["_contrast"] in (name, to_alphanum(name))) for r in rows])
     if name in derived:
         return derived[name]
     if name in columns and columns[name] is None:
@@ -170,64 +178,73 @@ def _derived_columns(node, rows, columns):
     return derived
 
 
-def _independent_t(node, sidecar, rows, columns, data):
-    """OLS t map for the sidecar's contrast, from a design built here; None when not a simple case."""
-    model = node.get("Model") or {}
+def _independent_stat(node, sidecar, rows, columns, data):
+    """OLS t (or F) map for the sidecar's contrast, from a design built here; None when not a simple case."""
+    model = node.get("Model") or {"X": [1]}  # a pre-1.0 step without Model: an intercept per contrast
     if model.get("Formula") or not model.get("X"):
         return None
     derived = _derived_columns(node, rows, columns)
     if derived is None:
         return None
-    x_names = ["intercept" if v in (1, "1") else str(v) for v in _as_list(node["Model"]["X"])]
+    x_names = ["intercept" if v in (1, "1") else str(v) for v in _as_list(model["X"])]
     design = [_column(n, rows, columns, derived) for n in x_names]
     if any(c is None for c in design):
         return None
     design = np.column_stack(design)
     contrast = sidecar["Contrast"]
-    weights = np.zeros(len(x_names))
-    for column, weight in zip(contrast["Columns"], np.ravel(contrast["Weights"])):
-        weights[x_names.index(column)] = weight
+    given = np.atleast_2d(np.asarray(contrast["Weights"], dtype=float))
+    weights = np.zeros((given.shape[0], len(x_names)))
+    for j, column in enumerate(contrast["Columns"]):
+        weights[:, x_names.index(column)] = given[:, j]
     pinv = np.linalg.pinv(design)
     beta = pinv @ data
     dof = design.shape[0] - np.linalg.matrix_rank(design)
     sigma2 = ((data - design @ beta) ** 2).sum(0) / dof
-    return (weights @ beta) / np.sqrt(sigma2 * (weights @ pinv @ pinv.T @ weights))
+    if contrast["Test"] == "t":
+        return (weights[0] @ beta) / np.sqrt(sigma2 * (weights[0] @ pinv @ pinv.T @ weights[0]))
+    effect = weights @ beta  # (q, voxels)
+    middle = np.linalg.inv(weights @ pinv @ pinv.T @ weights.T)
+    return np.einsum("iv,ij,jv->v", effect, middle, effect) / (len(weights) * sigma2)
 
 
 def _check_node(result, node, source, edge_filter):
-    """Check every t map the app wrote for one Dataset node.
+    """Check every t and F map the app wrote for one Dataset node.
 
     Returns
     -------
     tuple of int
-        (t maps whose inputs were checked, t maps also checked against numpy OLS)
+        (maps whose inputs were checked, maps also checked against numpy OLS)
     """
     truth, out = result["truth"], result["out"]
     folder = out / f"node-{node['Name']}"
-    sidecars = sorted(out.glob("node-*/*_stat-t_statmap.json"))
+    sidecars = sorted([*out.glob("node-*/*_stat-t_statmap.json"), *out.glob("node-*/*_stat-F_statmap.json")])
     sidecars = [json.loads(p.read_text()) | {"_path": str(p)} for p in sidecars]
-    sidecars = [s for s in sidecars if s.get("Node") == node["Name"]]
-    assert sidecars, f"no t map written for Dataset node {node['Name']!r} (looked in {folder.parent})"
-    contrasts = {to_alphanum(c) for c in _edge_contrasts(truth, source, edge_filter)}
+    sidecars = [s for s in sidecars if s.get("Node") == node["Name"] and s["Contrast"]["Test"] in ("t", "F")]
+    assert sidecars, f"no t or F map written for Dataset node {node['Name']!r} (looked in {folder.parent})"
+    contrasts = sorted({to_alphanum(c) for c in _edge_contrasts(truth, source, edge_filter)})
+    run_level = level(next(n for n in model_nodes(result["document"]) if n["Name"] == source)) == "run"
     columns = truth["columns"]
     n_ols = 0
     for sidecar in sidecars:
         cell = sidecar["GroupBy"]
         label = cell.get("contrast")
-        assert label in contrasts, f"{sidecar['_path']}: input contrast {label!r} is not selected by the edges ({sorted(contrasts)})"
+        assert label is None or label in contrasts, \
+            f"{sidecar['_path']}: input contrast {label!r} is not selected by the edges ({contrasts})"
         subjects = _selected_subjects(result["document"], truth, cell)
-        expected = _expected_inputs(truth, source, label, subjects)
+        expected = _expected_inputs(truth, source, [label] if label else contrasts, subjects, run_level)
         assert sorted(sidecar["Inputs"]) == expected, f"{sidecar['_path']}: maps used differ from the edges' selection"
-        rows = [next(r for r in truth["rows"] if r["participant_id"] == s) for s in subjects]
-        files = [result["bids"] / "derivatives" / "fitlins" / i.split(":", 2)[2] for i in expected]
+        inputs = sidecar["Inputs"]  # in design-row order
+        rows = [{**next(r for r in truth["rows"] if r["participant_id"] == i.split("/")[1]),
+                 "_contrast": re.search(r"_contrast-([A-Za-z0-9]+)_", i).group(1)} for i in inputs]
+        files = [result["bids"] / "derivatives" / "fitlins" / i.split(":", 2)[2] for i in inputs]
         data = np.stack([nib.load(str(f)).get_fdata().ravel() for f in files])
         mask = np.all(np.isfinite(data) & (data != 0), axis=0)
-        expected_t = _independent_t(node, sidecar, rows, columns, data[:, mask])
-        if expected_t is None:
+        expected_stat = _independent_stat(node, sidecar, rows, columns, data[:, mask])
+        if expected_stat is None:
             continue
-        app_t = nib.load(re.sub(r"\.json$", ".nii.gz", sidecar["_path"])).get_fdata().ravel()
-        np.testing.assert_allclose(app_t[mask], expected_t, rtol=1e-4, atol=1e-4,
-                                   err_msg=f"{sidecar['_path']}: t differs from numpy OLS")
+        app_stat = nib.load(re.sub(r"\.json$", ".nii.gz", sidecar["_path"])).get_fdata().ravel()
+        np.testing.assert_allclose(app_stat[mask], expected_stat, rtol=1e-4, atol=1e-4,
+                                   err_msg=f"{sidecar['_path']}: {sidecar['Contrast']['Test']} differs from numpy OLS")
         n_ols += 1
     return len(sidecars), n_ols
 

@@ -66,7 +66,8 @@ def test_report_draws_the_graph_in_order_with_what_each_node_read(chain_run):
 
 def test_methods_text_states_the_graph(chain_run):
     text = (chain_run / "logs" / "CITATION.md").read_text()
-    assert "The graph of model `chain`: `runLevel` (Run) → `subjectLevel` (Subject) → `dataLevel` (Dataset)." in text
+    assert ("The graph of model `chain`: nodes `runLevel` (Run), `subjectLevel` (Subject), `dataLevel` (Dataset); "
+            "edges `runLevel` → `subjectLevel`, `subjectLevel` → `dataLevel`.") in text
     assert "Node `dataLevel` was fitted here on" in text and "`fitlins node-subjectLevel`" in text
     assert "the outputs of `subjectLevel` with `contrast` = `motor`" in text
     assert "Nodes `runLevel` and `subjectLevel` were not fitted by this application (they made its inputs)." in text
@@ -95,3 +96,39 @@ def test_methods_text_and_report_say_which_node_was_computed_here(tmp_path, run_
     assert "Node `runLevel` was not fitted by this application (it made its inputs)." in text
     page = (out / "model-fema_report.html").read_text()
     assert f"computed here: {n_computed} subject maps (fixed effects)" in page
+
+
+def test_methods_text_and_report_describe_fema_pass_and_a_dataset_chain(tmp_path, run_cli):
+    """FEMA, pass and a Dataset→Dataset edge: the methods text says how each was computed and what fed
+    what; the report names each contrast's test and draws no z viewer for a contrast without a test."""
+    from bids_group_app.example_data import make_example_dataset
+
+    truth = make_example_dataset(tmp_path / "ds", "fitlins", n_subjects=4, n_runs=2, subject_level=False)
+    model = {"Name": "ffx", "BIDSModelVersion": "1.0.0", "Input": {"contrast": ["motor"]},
+             "Nodes": [{"Level": "Run", "Name": "runLevel", "GroupBy": ["run", "subject"],
+                        "Model": {"Type": "glm", "X": ["motor", 1]}, "DummyContrasts": {"Test": "t"}},
+                       {"Level": "Subject", "Name": "subjectLevel", "GroupBy": ["subject", "contrast"],
+                        "Model": {"Type": "meta", "X": [1]}, "DummyContrasts": {"Test": "FEMA"}},
+                       {"Level": "Dataset", "Name": "fixed", "GroupBy": ["contrast"], "Model": {"X": [1]},
+                        "Contrasts": [{"Name": "mean", "ConditionList": [1], "Weights": [1], "Test": "FEMA"},
+                                      {"Name": "kept", "ConditionList": [1], "Weights": [2], "Test": "pass"}]},
+                       {"Level": "Dataset", "Name": "pooled", "GroupBy": [], "Model": {"X": [1]},
+                        "DummyContrasts": {"Test": "t"}}],
+             "Edges": [{"Source": "runLevel", "Destination": "subjectLevel"},
+                       {"Source": "subjectLevel", "Destination": "fixed"},
+                       {"Source": "fixed", "Destination": "pooled"}]}
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    out = tmp_path / "out"
+    assert run_cli([truth["root"], out, "group", "--quiet", "--model", tmp_path / "model.json"]) == 0
+    assert run_cli([truth["root"], out, "group", "--quiet", "--reports-only"]) == 0
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert "edges `runLevel` → `subjectLevel`, `subjectLevel` → `fixed`, `fixed` → `pooled`." in text
+    assert "`mean` (fixed-effects combination `intercept`); `kept` (`2*intercept`, passed on without a test)" in text
+    assert "Fixed-effects (FEMA) contrasts were computed from the effect and variance maps" in text
+    assert "Contrasts whose Test is `pass` gave only the effect and variance maps" in text
+    assert "The model was fitted to 2 maps that another Dataset node of this model wrote" in text
+    assert "Node `pooled` was fitted here on 2 maps (2 from `OUTPUT_DIR node-fixed`), the outputs of `fixed`." in text
+    page = (out / "model-ffx_report.html").read_text()
+    assert "Contrast “mean” (fixed-effects (FEMA) t-test, 400.0 degrees of freedom)" in page
+    assert "Contrast “kept” (passed on without a test (effect map)" in page
+    assert "viewer kept" not in page and "viewer mean" in page

@@ -65,3 +65,27 @@ def test_scaled_contrast_and_t_to_z():
     np.testing.assert_allclose(neg.variance, 4 * maps.variance)
     np.testing.assert_allclose(neg.t, neg.effect / np.sqrt(neg.variance), rtol=1e-12)
     assert np.isfinite(t_to_z(np.array([-60.0, 0.0, 60.0]), 10)).all()
+
+
+def test_fixed_effects_contrast_over_indicator_columns():
+    """One column: nilearn's fixed effects scaled by the weight; two Factor columns: the difference of each
+    level's fixed effects, variances added; covariates and overlapping columns are refused."""
+    from bids_group_app.stats.fixed_effects import fixed_effects_contrast
+
+    effects, variances = _runs(11, 6)
+    ones = np.ones((6, 1))
+    single = fixed_effects_contrast(effects, variances, ones, [-0.5])
+    reference = fixed_effects(effects, variances).scaled(-0.5)
+    for stat in ("effect", "variance", "t", "z"):
+        np.testing.assert_allclose(getattr(single, stat), getattr(reference, stat), rtol=1e-12)
+    levels = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0, 1], [1, 0]], dtype=float)
+    a, b = (fixed_effects(effects[levels[:, j] == 1], variances[levels[:, j] == 1]) for j in (0, 1))
+    got = fixed_effects_contrast(effects, variances, levels, [1, -1])
+    np.testing.assert_allclose(got.effect, a.effect - b.effect, rtol=1e-12)
+    np.testing.assert_allclose(got.variance, a.variance + b.variance, rtol=1e-12)
+    np.testing.assert_allclose(got.z, t_to_z(got.effect / np.sqrt(got.variance), 600), rtol=1e-9, atol=1e-9)
+    assert got.dof == 600
+    with pytest.raises(ValueError, match="0/1 columns"):
+        fixed_effects_contrast(effects, variances, np.c_[ones, np.arange(6.0)], [0, 1])
+    with pytest.raises(ValueError, match="0/1 columns"):
+        fixed_effects_contrast(effects, variances, np.c_[ones, levels[:, :1]], [1, 1])
