@@ -24,6 +24,20 @@ Layouts (``LAYOUTS``):
     for 9 conditions, plus a ``desc-EffectsOfInterest_z.nii.gz`` distractor.
 ``"vbm"``
     ``derivatives/cat12/sub-XX/anat/sub-XX_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz``
+``"fmriprep"``
+    Inputs of a first-level (``participant``) analysis: the raw dataset has
+    ``sub-XX/func/sub-XX_task-faces_run-<r>_events.tsv`` (``faces`` and
+    ``scrambled`` events with a parametric ``rt`` column), a 1-voxel stub
+    ``_bold.nii.gz`` per run (its header gives the number of volumes) and
+    ``task-faces_bold.json`` (RepetitionTime 2); ``derivatives/fmriprep/``
+    has per run ``_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz``
+    (16x16x12 voxels of 4 mm, 120 volumes by default), ``_desc-brain_mask``
+    and ``_desc-confounds_timeseries.tsv`` (+ JSON) with fMRIPrep's column
+    names (``n/a`` in the first ``framewise_displacement`` row). The BOLD is
+    a baseline, the SPM-HRF-convolved events (both conditions in the
+    ``effects_of_interest`` blob; faces more in the ``faces_vs_scrambled``
+    blob, scaled per subject), a ``trans_x`` motion signal and AR(1)
+    noise. Default 4 subjects, 2 runs (``n_runs``).
 
 The console script ``bids_group_app_make_example`` calls :func:`main`; unlike
 :func:`make_example_dataset` (whose datasets the tests use), it writes no
@@ -40,14 +54,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, stats
 
-LAYOUTS = ("nilearn", "fitlins", "seed004", "vbm")
+LAYOUTS = ("nilearn", "fitlins", "seed004", "vbm", "fmriprep")
 
-DEFAULT_N_SUBJECTS = {"nilearn": 16, "fitlins": 16, "seed004": 16, "vbm": 20}
+DEFAULT_N_SUBJECTS = {"nilearn": 16, "fitlins": 16, "seed004": 16, "vbm": 20, "fmriprep": 4}
 PIPELINES = {
     "nilearn": ("nilearn_glm", "nilearn"),
     "fitlins": ("fitlins", "FitLins"),
     "seed004": ("first-level", "SPM12"),
     "vbm": ("cat12", "CAT12"),
+    "fmriprep": ("fmriprep", "fMRIPrep"),
 }
 CONTRASTS = ("motor", "language")
 STIMULI = ("FF", "UF", "SF")
@@ -566,6 +581,201 @@ def write_vbm_layout(ctx, rows, blobs):
             "noise_sd": VBM_NOISE_SD}
 
 
+
+# --------------------------------------------------------------------------
+# fMRIPrep layout (raw BOLD runs, events, preprocessed BOLD, masks, confounds)
+# --------------------------------------------------------------------------
+FMRIPREP_TASK = "faces"
+FMRIPREP_SPACE = "MNI152NLin2009cAsym"
+FMRIPREP_TR = 2.0
+FMRIPREP_CONDITIONS = ("faces", "scrambled")
+FMRIPREP_BLOBS = (
+    {"name": "faces_vs_scrambled", "xyz_mm": (16, -30, 14), "kind": "t_contrast",
+     "sign": 1, "amplitude": 3.0,
+     "description": "faces `amplitude` percent above scrambled, times the subject's"
+                    " scale (truth['subject_scales'])"},
+    {"name": "effects_of_interest", "xyz_mm": (-16, -30, 14), "kind": "f_contrast",
+     "sign": 1, "amplitude": 2.0,
+     "description": "both conditions `amplitude` percent above baseline"},
+)
+MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+COMPCOR_COLUMNS = tuple(f"a_comp_cor_{i:02d}" for i in range(6))
+FMRIPREP_BASELINE = 1000.0
+FMRIPREP_NOISE_SD = 5.0
+FMRIPREP_AR1 = 0.3
+FMRIPREP_SCALE_SD = 0.3
+#: Signal (BOLD units) per mm of ``trans_x`` at the brain's edge (a left-right gradient).
+MOTION_GAIN = 20.0
+
+
+def fmriprep_events(rng, n_vols, tr):
+    """Events of one run: alternating conditions every 8-12 s, 1 s long, with ``rt``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``onset``, ``duration``, ``trial_type``, ``rt`` (a parametric modulator).
+    """
+    import pandas as pd
+
+    onsets, t = [], 6.0
+    while t < n_vols * tr - 20.0:
+        onsets.append(round(t, 1))
+        t += float(rng.uniform(8.0, 12.0))
+    kinds = balanced(rng, FMRIPREP_CONDITIONS, len(onsets))
+    return pd.DataFrame({"onset": onsets, "duration": 1.0, "trial_type": kinds,
+                         "rt": np.round(rng.uniform(0.5, 1.5, len(onsets)), 3)})
+
+
+def condition_regressors(events, n_vols, tr):
+    """Canonical-SPM-convolved regressors of each condition at the frame times (n_vols, 2)."""
+    from nilearn.glm.first_level import compute_regressor
+
+    frame_times = np.arange(n_vols) * tr
+    columns = []
+    for cond in FMRIPREP_CONDITIONS:
+        rows = events[events["trial_type"] == cond]
+        cond_events = np.vstack([rows["onset"], rows["duration"], np.ones(len(rows))])
+        columns.append(compute_regressor(cond_events, "spm", frame_times)[0][:, 0])
+    return np.column_stack(columns)
+
+
+def motion_parameters(rng, n_vols):
+    """Six smooth random-walk motion parameters (mm and radians), first row 0."""
+    steps = rng.normal(0.0, 1.0, (n_vols, 6)) * np.array([0.02] * 3 + [0.0004] * 3)
+    steps[0] = 0.0
+    return np.cumsum(steps, axis=0)
+
+
+def framewise_displacement(motion):
+    """Power et al. framewise displacement (rotations on a 50 mm sphere); NaN first."""
+    deltas = np.abs(np.diff(motion, axis=0))
+    deltas[:, 3:] *= 50.0
+    return np.concatenate([[np.nan], deltas.sum(axis=1)])
+
+
+def ar1_noise(rng, n_vols, n_voxels, rho=FMRIPREP_AR1, sd=FMRIPREP_NOISE_SD):
+    """Stationary AR(1) noise of marginal SD ``sd``, shape (n_vols, n_voxels)."""
+    from scipy.signal import lfilter
+
+    white = rng.standard_normal((n_vols, n_voxels)) * sd * np.sqrt(1 - rho ** 2)
+    white[0] /= np.sqrt(1 - rho ** 2)
+    return lfilter([1.0], [1.0, -rho], white, axis=0)
+
+
+def confounds_table(rng, motion, bold, mask):
+    """fMRIPrep-style confounds (``n/a`` first FD row) as a DataFrame."""
+    import pandas as pd
+
+    n_vols = motion.shape[0]
+    table = {name: motion[:, i] for i, name in enumerate(MOTION_COLUMNS)}
+    table["framewise_displacement"] = framewise_displacement(motion)
+    for name in COMPCOR_COLUMNS:
+        table[name] = np.cumsum(rng.standard_normal(n_vols)) / np.sqrt(n_vols)
+    table["global_signal"] = bold[mask].mean(axis=0)
+    table["csf"] = FMRIPREP_BASELINE + rng.normal(0, 5.0, n_vols)
+    table["white_matter"] = FMRIPREP_BASELINE + rng.normal(0, 5.0, n_vols)
+    return pd.DataFrame(table)
+
+
+CONFOUNDS_JSON = {
+    **{name: {"Method": "aCompCor", "Mask": "combined", "Retained": True}
+       for name in COMPCOR_COLUMNS},
+    "framewise_displacement": {"Description": "Power et al. (2012) framewise displacement"},
+}
+
+
+def fmriprep_bold(ctx, events, motion, scale, rng):
+    """One run's preprocessed BOLD: baseline + planted task effects + motion + AR(1) noise.
+
+    Parameters
+    ----------
+    ctx : dict
+        Layout context (``shape``, ``mask``, ``blobs``, ``baseline``, ``n_vols``).
+    events : pandas.DataFrame
+    motion : numpy.ndarray of shape (n_vols, 6)
+    scale : float
+        The subject's multiplier of the faces-minus-scrambled effect.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy.ndarray of shape ``shape + (n_vols,)``, 0 outside the mask.
+    """
+    n_vols, mask, baseline = ctx["n_vols"], ctx["mask"], ctx["baseline"]
+    regs = condition_regressors(events, n_vols, FMRIPREP_TR)
+    bumps = {b["name"]: gaussian_blob(ctx["shape"], b["ijk"])[mask] for b in ctx["blobs"]}
+    amps = {b["name"]: b["amplitude"] for b in ctx["blobs"]}
+    both = amps["effects_of_interest"] * bumps["effects_of_interest"]
+    faces = both + amps["faces_vs_scrambled"] * scale * bumps["faces_vs_scrambled"]
+    percent = np.outer(regs[:, 0], faces) + np.outer(regs[:, 1], both)
+    base = baseline[mask]
+    gradient = (np.indices(ctx["shape"])[0][mask] / (ctx["shape"][0] - 1) - 0.5) * 2
+    signal = base * (1 + percent / 100) + MOTION_GAIN * np.outer(motion[:, 0] / 0.1, gradient)
+    signal += ar1_noise(rng, n_vols, int(mask.sum()))
+    data = np.zeros(ctx["shape"] + (n_vols,), np.float32)
+    data[mask] = signal.T
+    return data
+
+
+def write_fmriprep_run(ctx, sub, run, scale, rng):
+    """Write one run: raw stub BOLD and events, preproc BOLD, mask, confounds (+ JSONs)."""
+    raw = ctx["root"] / sub / "func"
+    der = ctx["deriv"] / sub / "func"
+    raw.mkdir(parents=True, exist_ok=True)
+    der.mkdir(parents=True, exist_ok=True)
+    stem = f"{sub}_task-{FMRIPREP_TASK}_run-{run}"
+    n_vols = ctx["n_vols"]
+    events = fmriprep_events(rng, n_vols, FMRIPREP_TR)
+    events.to_csv(raw / f"{stem}_events.tsv", sep="\t", index=False)
+    # The raw BOLD is a 1-voxel stub: PyBIDS reads its number of volumes from the header.
+    nib.save(float_image(np.zeros((1, 1, 1, n_vols)), ctx["affine"]), raw / f"{stem}_bold.nii.gz")
+    motion = motion_parameters(rng, n_vols)
+    bold = fmriprep_bold(ctx, events, motion, scale, rng)
+    prefix = f"{stem}_space-{FMRIPREP_SPACE}"
+    img = float_image(bold, ctx["affine"])
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = FMRIPREP_TR
+    nib.save(img, der / f"{prefix}_desc-preproc_bold.nii.gz")
+    write_json(der / f"{prefix}_desc-preproc_bold.json",
+               {"RepetitionTime": FMRIPREP_TR, "SkullStripped": False})
+    mask_img = nib.Nifti1Image(ctx["mask"].astype(np.uint8), ctx["affine"])
+    mask_img.set_sform(ctx["affine"], code=4)
+    mask_img.set_qform(ctx["affine"], code=4)
+    nib.save(mask_img, der / f"{prefix}_desc-brain_mask.nii.gz")
+    confounds = confounds_table(rng, motion, bold, ctx["mask"])
+    confounds.to_csv(der / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False,
+                     na_rep="n/a", float_format="%.8g")
+    write_json(der / f"{stem}_desc-confounds_timeseries.json", CONFOUNDS_JSON)
+
+
+def write_fmriprep_layout(ctx, rows, n_runs, n_vols, seed):
+    """Write the fMRIPrep layout (see module docstring); return its truth entries."""
+    rng = np.random.default_rng([seed, 3])
+    write_json(ctx["root"] / f"task-{FMRIPREP_TASK}_bold.json",
+               {"RepetitionTime": FMRIPREP_TR, "TaskName": FMRIPREP_TASK})
+    baseline = FMRIPREP_BASELINE * (1 + 0.1 * smooth_noise(rng, ctx["shape"]))
+    ctx = {**ctx, "baseline": baseline, "n_vols": n_vols}
+    scales = np.clip(1 + FMRIPREP_SCALE_SD * rng.standard_normal(len(rows)), 0.2, None)
+    for row, scale in zip(rows, scales):
+        for run in range(1, n_runs + 1):
+            write_fmriprep_run(ctx, row["participant_id"], run, float(scale), rng)
+    amps = {b["name"]: b["amplitude"] for b in ctx["blobs"]}
+    return {
+        "task": FMRIPREP_TASK, "space": FMRIPREP_SPACE, "TR": FMRIPREP_TR,
+        "n_volumes": n_vols, "runs": list(range(1, n_runs + 1)),
+        "conditions": list(FMRIPREP_CONDITIONS),
+        "subject_scales": {r["participant_id"][4:]: float(s) for r, s in zip(rows, scales)},
+        "planted_contrasts": {
+            "faces-scrambled": {"blob": "faces_vs_scrambled", "units": "percent signal change",
+                                "peak_per_subject": {r["participant_id"][4:]: float(
+                                    amps["faces_vs_scrambled"] * s) for r, s in zip(rows, scales)}},
+            "effects_of_interest": {"blob": "effects_of_interest", "units": "percent signal change",
+                                    "peak": [amps["effects_of_interest"]] * 2},
+        },
+    }
+
+
 def layout_blob_specs(layout):
     """Blob specifications of a layout, with their contrast/condition info."""
     if layout in ("nilearn", "fitlins"):
@@ -575,6 +785,8 @@ def layout_blob_specs(layout):
                       "condition_pattern": SEED004_PATTERNS[b["name"]].tolist(),
                       "contrast_weights": SEED004_WEIGHTS[b["name"]].tolist()}
                      for b in SEED004_BLOBS)
+    if layout == "fmriprep":
+        return tuple({**b, "contrast": b["name"], "covariate": None} for b in FMRIPREP_BLOBS)
     return tuple({**b, "contrast": None} for b in VBM_BLOBS)
 
 
@@ -582,24 +794,25 @@ def layout_blob_specs(layout):
 # Public API
 # --------------------------------------------------------------------------
 def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
-                         shape=(20, 24, 20), voxel_size=8.0, mixed_formats=False,
-                         extra_participant=True, n_runs=0, subject_level=True):
+                         shape=None, voxel_size=None, mixed_formats=False,
+                         extra_participant=True, n_runs=0, subject_level=True, n_volumes=120):
     """Write a synthetic raw BIDS dataset with first-level derivatives.
 
     Parameters
     ----------
     root : str or pathlib.Path
         Dataset folder (created; existing files are overwritten).
-    layout : {"nilearn", "fitlins", "seed004", "vbm"}
+    layout : {"nilearn", "fitlins", "seed004", "vbm", "fmriprep"}
         Which derivative layout to write (see module docstring).
     n_subjects : int, optional
         Subjects with derivative maps (default 16; 20 for ``"vbm"``); >= 4.
     seed : int
         Seed for ``numpy.random.default_rng``; same seed, same bytes.
-    shape : tuple of int
-        Grid shape of the maps.
-    voxel_size : float
-        Isotropic voxel size in mm.
+    shape : tuple of int, optional
+        Grid shape of the maps (default (20, 24, 20); (16, 16, 12) for
+        ``"fmriprep"``).
+    voxel_size : float, optional
+        Isotropic voxel size in mm (default 8; 4 for ``"fmriprep"``).
     mixed_formats : bool
         ``"nilearn"`` layout only: subject 1 as ``.nii``, 2 as NIfTI-2, 3 as
         scaled int16, 4 with NaN background, the rest float32 ``.nii.gz``.
@@ -610,11 +823,14 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         out unless ``--extra-participant``). Its row is drawn either way,
         so the other subjects' files are the same with and without it.
     n_runs : int
-        ``"fitlins"`` layout only: also write this many run-level maps per
+        ``"fitlins"`` layout: also write this many run-level maps per
         subject and contrast under ``node-runLevel/`` (with variances).
+        ``"fmriprep"`` layout: runs per subject (0 means 2).
     subject_level : bool
         ``"fitlins"`` layout only: False leaves out ``node-subjectLevel/``
         (a dataset whose subject level is computed from the runs).
+    n_volumes : int
+        ``"fmriprep"`` layout only: volumes per run.
 
     Returns
     -------
@@ -624,8 +840,10 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         ``affine``, ``shape``, ``voxel_size``, ``seed``, ``noise_sd``,
         ``brain`` , ``blobs``, ``null_region``, ``formats`` (per subject),
         plus ``contrasts`` (GLM layouts, vbm: empty) or ``conditions``,
-        ``factors``, ``contrast_weights``, ``subject_offsets`` (seed004), and
-        ``runs`` (fitlins with ``n_runs``).
+        ``factors``, ``contrast_weights``, ``subject_offsets`` (seed004),
+        ``runs`` (fitlins with ``n_runs``; fmriprep), and for fmriprep
+        ``task``, ``space``, ``TR``, ``n_volumes``, ``conditions``,
+        ``subject_scales`` and ``planted_contrasts``.
         Blob ``amplitude`` is the planted peak in map units; for
         ``kind == "regression"`` it is per unit of the mean-centred covariate.
     """
@@ -634,10 +852,13 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
     n_subjects = DEFAULT_N_SUBJECTS[layout] if n_subjects is None else int(n_subjects)
     if n_subjects < 4:
         raise ValueError("n_subjects must be at least 4")
-    if (n_runs or not subject_level) and layout != "fitlins":
+    if (n_runs and layout not in ("fitlins", "fmriprep")) or (not subject_level and layout != "fitlins"):
         raise ValueError("run-level maps (--runs, --no-subject-level) exist only in the fitlins layout")
     if not subject_level and not n_runs:
         raise ValueError("without the subject level, give a number of runs (--runs N)")
+    fmriprep = layout == "fmriprep"
+    shape = tuple(shape or ((16, 16, 12) if fmriprep else (20, 24, 20)))
+    voxel_size = voxel_size or (4.0 if fmriprep else 8.0)
     root = Path(root)
     rng = np.random.default_rng(seed)
     affine = mni_affine(shape, float(voxel_size))
@@ -662,9 +883,12 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         extra = write_glm_layout(ctx, rows, blobs, fitlins=layout == "fitlins")
     elif layout == "seed004":
         extra = write_seed004_layout(ctx, rows, blobs)
+    elif fmriprep:
+        ctx.update(root=root, blobs=blobs)
+        extra = write_fmriprep_layout(ctx, rows, int(n_runs) or 2, int(n_volumes), seed)
     else:
         extra = write_vbm_layout(ctx, rows, blobs)
-    if n_runs:
+    if n_runs and not fmriprep:
         extra.update(write_fitlins_runs(ctx, rows, blobs, int(n_runs), seed))
 
     for blob in blobs:
@@ -695,6 +919,9 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
 def example_command(truth):
     """A ``bids_group_app`` command line for a dataset written by :func:`make_example_dataset`."""
     root = truth["root"]
+    if truth["layout"] == "fmriprep":
+        return (f"bids_group_app {root} {root}/derivatives/bids_group_app participant "
+                "(the participant level is being built: issue 11)")
     return f"bids_group_app {root} {root}/derivatives/bids_group_app group"
 
 
@@ -713,7 +940,8 @@ def parse_args(argv):
                              "first-level maps (an analysis warns about it)")
     parser.add_argument("--runs", type=int, default=0, metavar="N",
                         help="fitlins layout: also write N run-level maps (with variances) per subject "
-                             "and contrast under node-runLevel/")
+                             "and contrast under node-runLevel/; fmriprep layout: N runs "
+                             "per subject (default 2)")
     parser.add_argument("--no-subject-level", action="store_true",
                         help="fitlins layout: leave out node-subjectLevel/ (only run-level maps)")
     return parser.parse_args(argv)

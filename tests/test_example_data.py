@@ -86,6 +86,15 @@ def expected_subject_files(layout, s):
         stem = f"sub-{s}/sub-{s}_ses-mri_task-facerecognition_desc-"
         return {stem + f"{c}_effect.nii.gz" for c in CONDITIONS} | {
             stem + "EffectsOfInterest_z.nii.gz"}
+    if layout == "fmriprep":
+        files = set()
+        for r in (1, 2):
+            stem = f"sub-{s}/func/sub-{s}_task-faces_run-{r}"
+            space = f"{stem}_space-MNI152NLin2009cAsym"
+            files |= {f"{space}_desc-preproc_bold.nii.gz", f"{space}_desc-preproc_bold.json",
+                      f"{space}_desc-brain_mask.nii.gz", f"{stem}_desc-confounds_timeseries.tsv",
+                      f"{stem}_desc-confounds_timeseries.json"}
+        return files
     return {f"sub-{s}/anat/sub-{s}_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz"}
 
 
@@ -98,13 +107,14 @@ def test_derivative_file_names(datasets, layout):
         expected |= expected_subject_files(layout, s)
     assert set(relative_files(deriv)) == expected
     assert deriv.name == {"nilearn": "nilearn_glm", "fitlins": "fitlins",
-                          "seed004": "first-level", "vbm": "cat12"}[layout]
+                          "seed004": "first-level", "vbm": "cat12",
+                          "fmriprep": "fmriprep"}[layout]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_default_subject_counts(datasets, layout):
     n = len(datasets[layout]["subjects"])
-    assert n == (20 if layout == "vbm" else 16)
+    assert n == {"vbm": 20, "fmriprep": 4}.get(layout, 16)
     assert datasets[layout]["subjects"][:2] == ["01", "02"]
 
 
@@ -423,3 +433,78 @@ def test_main_writes_dataset(tmp_path, capsys):
 def test_main_accepts_existing_empty_directory(tmp_path, capsys):
     assert main([str(tmp_path), "--n-subjects", "4"]) == 0
     assert (tmp_path / "participants.tsv").is_file()
+
+
+# --------------------------------------------------------------------------
+# fMRIPrep layout (first-level inputs)
+# --------------------------------------------------------------------------
+def test_fmriprep_raw_files_and_sidecars(datasets):
+    truth = datasets["fmriprep"]
+    root = Path(truth["root"])
+    assert json.loads((root / "task-faces_bold.json").read_text())["RepetitionTime"] == 2.0
+    for s in truth["subjects"]:
+        for r in truth["runs"]:
+            stem = root / f"sub-{s}" / "func" / f"sub-{s}_task-faces_run-{r}"
+            assert nib.load(f"{stem}_bold.nii.gz").shape[3] == truth["n_volumes"] == 120
+            events = pd.read_csv(f"{stem}_events.tsv", sep="\t")
+            assert list(events.columns) == ["onset", "duration", "trial_type", "rt"]
+            assert set(events["trial_type"]) == {"faces", "scrambled"}
+            assert events["onset"].is_monotonic_increasing and events["onset"].max() < 240
+
+
+def test_fmriprep_derivatives(datasets):
+    truth = datasets["fmriprep"]
+    func = Path(truth["derivatives"]) / "sub-01" / "func"
+    bold = nib.load(func / "sub-01_task-faces_run-1_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    assert bold.shape == (16, 16, 12, 120) and bold.header.get_zooms() == (4.0, 4.0, 4.0, 2.0)
+    mask = nib.load(func / "sub-01_task-faces_run-1_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
+    data = bold.get_fdata()
+    assert np.all(data[~mask.get_fdata().astype(bool)] == 0)
+    text = (func / "sub-01_task-faces_run-1_desc-confounds_timeseries.tsv").read_text().splitlines()
+    header = text[0].split("\t")
+    assert header[:7] == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
+                          "framewise_displacement"]
+    assert {f"a_comp_cor_0{i}" for i in range(6)} | {"global_signal", "csf", "white_matter"} <= set(header)
+    assert text[1].split("\t")[6] == "n/a" and "n/a" not in "\t".join(text[2:])
+    assert len(text) == 121
+
+
+def test_fmriprep_planted_effect_in_the_data(datasets):
+    """The faces blob's voxel responds more after faces than after scrambled (a raw-data check)."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    truth = datasets["fmriprep"]
+    root, deriv = Path(truth["root"]), Path(truth["derivatives"])
+    blob = next(b for b in truth["blobs"] if b["name"] == "faces_vs_scrambled")
+    betas = []
+    for s in truth["subjects"]:
+        stem = f"sub-{s}_task-faces_run-1"
+        y = nib.load(deriv / f"sub-{s}" / "func" / f"{stem}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+                     ).get_fdata()[tuple(blob["ijk"])]
+        events = pd.read_csv(root / f"sub-{s}" / "func" / f"{stem}_events.tsv", sep="\t")
+        x = make_first_level_design_matrix(np.arange(120) * 2.0, events[["onset", "duration", "trial_type"]],
+                                           hrf_model="spm", drift_model="cosine")
+        beta = np.linalg.lstsq(x.to_numpy(), 100 * y / y.mean(), rcond=None)[0]
+        betas.append(beta[list(x.columns).index("faces")] - beta[list(x.columns).index("scrambled")])
+    planted = [truth["planted_contrasts"]["faces-scrambled"]["peak_per_subject"][s] for s in truth["subjects"]]
+    assert np.mean(betas) > 0.5 * np.mean(planted) > 0
+
+
+def test_fmriprep_is_fast_and_deterministic(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    make_example_dataset(tmp_path / "a", "fmriprep", n_subjects=4)
+    elapsed = time.perf_counter() - start
+    make_example_dataset(tmp_path / "b", "fmriprep", n_subjects=4)
+    files = relative_files(tmp_path / "a")
+    assert files == relative_files(tmp_path / "b")
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert elapsed < 15
+
+
+def test_fmriprep_runs_option(tmp_path, capsys):
+    assert main([str(tmp_path / "ds"), "--layout", "fmriprep", "--runs", "3"]) == 0
+    assert len(list((tmp_path / "ds" / "sub-01" / "func").glob("*_events.tsv"))) == 3
+    assert "participant" in capsys.readouterr().out
