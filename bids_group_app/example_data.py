@@ -608,6 +608,39 @@ FMRIPREP_SCALE_SD = 0.3
 MOTION_GAIN = 20.0
 
 
+#: The model the fmriprep layout ships in ``models/model-faces_smdl.json``: seed 003's run model (spm + derivative,
+#: cosine drift 0.01 Hz, motion, FD and aCompCor confounds; faces-scrambled, scrambled-faces, the F
+#: effects_of_interest), runs combined per subject by fixed effects, a one-sample t on faces-scrambled.
+FMRIPREP_MODEL = {
+    "Name": "faces", "BIDSModelVersion": "1.0.0", "Input": {"task": [FMRIPREP_TASK], "space": [FMRIPREP_SPACE]},
+    "Nodes": [
+        {"Level": "Run", "Name": "run", "GroupBy": ["run", "subject"],
+         "Transformations": {"Transformer": "pybids-transforms-v1", "Instructions": [
+             {"Name": "Factor", "Input": ["trial_type"]},
+             {"Name": "Convolve", "Input": ["trial_type.faces", "trial_type.scrambled"], "Model": "spm",
+              "Derivative": True}]},
+         "Model": {"Type": "glm",
+                   "X": ["trial_type.faces", "trial_type.faces_derivative", "trial_type.scrambled",
+                         "trial_type.scrambled_derivative", "trans_*", "rot_*", "framewise_displacement",
+                         "a_comp_cor_0[0-5]", 1],
+                   "Options": {"HighPassFilterCutoffHz": 0.01}},
+         "Contrasts": [
+             {"Name": "faces-scrambled", "ConditionList": ["trial_type.faces", "trial_type.scrambled"],
+              "Weights": [1, -1], "Test": "t"},
+             {"Name": "scrambled-faces", "ConditionList": ["trial_type.faces", "trial_type.scrambled"],
+              "Weights": [-1, 1], "Test": "t"},
+             {"Name": "effects_of_interest", "ConditionList": ["trial_type.faces", "trial_type.scrambled"],
+              "Weights": [[1, 0], [0, 1]], "Test": "F"}]},
+        {"Level": "Subject", "Name": "subject", "GroupBy": ["subject", "contrast"],
+         "Model": {"Type": "meta", "X": [1]}, "DummyContrasts": {"Test": "FEMA"}},
+        {"Level": "Dataset", "Name": "group", "GroupBy": ["contrast"], "Model": {"Type": "glm", "X": [1]},
+         "DummyContrasts": {"Test": "t"}},
+    ],
+    "Edges": [{"Source": "run", "Destination": "subject"},
+              {"Source": "subject", "Destination": "group", "Filter": {"contrast": ["faces-scrambled"]}}],
+}
+
+
 def fmriprep_events(rng, n_vols, tr):
     """Events of one run: alternating conditions every 8-12 s, 1 s long, with ``rt``.
 
@@ -754,6 +787,7 @@ def write_fmriprep_layout(ctx, rows, n_runs, n_vols, seed):
     rng = np.random.default_rng([seed, 3])
     write_json(ctx["root"] / f"task-{FMRIPREP_TASK}_bold.json",
                {"RepetitionTime": FMRIPREP_TR, "TaskName": FMRIPREP_TASK})
+    write_json(ctx["root"] / "models" / "model-faces_smdl.json", FMRIPREP_MODEL)
     baseline = FMRIPREP_BASELINE * (1 + 0.1 * smooth_noise(rng, ctx["shape"]))
     ctx = {**ctx, "baseline": baseline, "n_vols": n_vols}
     scales = np.clip(1 + FMRIPREP_SCALE_SD * rng.standard_normal(len(rows)), 0.2, None)
@@ -920,8 +954,9 @@ def example_command(truth):
     """A ``bids_group_app`` command line for a dataset written by :func:`make_example_dataset`."""
     root = truth["root"]
     if truth["layout"] == "fmriprep":
-        return (f"bids_group_app {root} {root}/derivatives/bids_group_app participant "
-                "(the participant level is being built: issue 11)")
+        model = f"{root}/models/model-faces_smdl.json"
+        return (f"bids_group_app {root} {root}/derivatives/bids_group_app participant --model {model} && "
+                f"bids_group_app {root} {root}/derivatives/bids_group_app group --model {model}")
     return f"bids_group_app {root} {root}/derivatives/bids_group_app group"
 
 

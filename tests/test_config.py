@@ -38,6 +38,6 @@ def test_unset_options_resolve_from_the_model_then_the_defaults():
 
 def test_unknown_level_and_model_with_short_options_fail_in_the_parser():
     with pytest.raises(UnknownAnalysisLevelError):
-        parse_args(["ds", "out", "participant"])
+        parse_args(["ds", "out", "session"])
     with pytest.raises(UsageError, match="--covariates"):
         parse_args(["ds", "out", "group", "--model", "m.json", "--covariates", "age"])

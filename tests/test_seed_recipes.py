@@ -59,10 +59,10 @@ CONDITIONS = ["IniFF", "ImmFF", "DelFF", "IniUF", "ImmUF", "DelUF", "IniSF", "Im
 # --------------------------------------------------------------------------
 # The recipes, read from the README
 # --------------------------------------------------------------------------
-def readme_recipes():
-    """The seed-recipe table of the README: ``{seed: (layout, argv)}``.
+def readme_recipes(level="group"):
+    """The seed-recipe table of the README: ``{seed: (layout, argv)}`` of the recipes of ``level``.
 
-    ``argv`` is the command after ``bids_group_app ds out group``.
+    ``argv`` is the command after ``bids_group_app ds out <level>``.
     """
     text = README.read_text(encoding="utf-8")
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
@@ -73,8 +73,9 @@ def readme_recipes():
             continue
         layout = re.fullmatch(r"`--layout (\w+)`", cells[2])
         argv = shlex.split(cells[3].strip("`"))
-        assert layout and argv[:4] == ["bids_group_app", "ds", "out", "group"], line
-        recipes[cells[0]] = (layout[1], argv[4:])
+        assert layout and argv[:3] == ["bids_group_app", "ds", "out"] and argv[3] in ("participant", "group"), line
+        if argv[3] == level:
+            recipes[cells[0]] = (layout[1], argv[4:])
     return recipes
 
 
@@ -307,3 +308,27 @@ def test_seed004_rm_anova_bonferroni_counts(example_dataset, tmp_path):
     seed = seed004_counts(truth)
     assert ours == seed
     assert seed["FacesScrambled"][0] > 0
+
+
+def test_seed003_participant_recipe_equals_nilearn_first_level_model(tmp_path):
+    """The README's seed-003 command, as written (every subject), on the fmriprep example: sub-01's subject-level
+    faces-scrambled t and z equal nilearn's two-run FirstLevelModel (tests/workflow/test_participant.py checks
+    every map of it)."""
+    from bids_group_app.example_data import make_example_dataset
+    from tests.workflow.test_participant import _nilearn_reference, _subject_map
+
+    layout, argv = readme_recipes("participant")["003"]
+    ds = tmp_path / "ds"
+    truth = make_example_dataset(ds, layout, extra_participant=False)
+    argv = [str(ds / a[len("ds/"):]) if a.startswith("ds/") else a for a in argv]
+    script = Path(sys.executable).with_name("bids_group_app")
+    proc = subprocess.run([str(script), str(ds), str(tmp_path / "out"), "participant", *argv, "--quiet"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "node-subject").iterdir()) == \
+        [f"sub-{s}" for s in truth["subjects"]]
+    t_maps, _, mask = _nilearn_reference(truth, "01")
+    for stat, key in (("t", "stat"), ("z", "z_score")):
+        ours = np.asarray(nib.load(str(_subject_map(tmp_path / "out", "01", "facesScrambled", stat))).dataobj)[mask]
+        ref = np.asarray(t_maps[key].dataobj)[mask]
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -89,7 +89,8 @@ def build_parser():
     )
     parser.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (with participants.tsv)")
     parser.add_argument("output_dir", type=Path, help="where the BIDS-derivative results go")
-    parser.add_argument("analysis_level", help="the analysis level; this app runs 'group'")
+    parser.add_argument("analysis_level", help="'participant': the Run and Subject nodes of --model for each "
+                                               "subject, from fMRIPrep outputs; 'group': the Dataset nodes")
     parser.add_argument("--version", action="version", version=f"bids_group_app {__version__}")
 
     inputs = parser.add_argument_group("Selecting inputs")
@@ -195,6 +196,12 @@ REPORTS_ONLY_USES = frozenset({"bids_dir", "output_dir", "analysis_level", "repo
                                "work_dir", "n_cpus", "verbose", "quiet"})
 
 
+#: the options the ``participant`` level uses; it would silently ignore any other
+PARTICIPANT_USES = frozenset({"bids_dir", "output_dir", "analysis_level", "derivatives", "participant_label",
+                              "filter", "bids_filter_file", "model", "skip_bids_validation", "no_reports", "work_dir", "n_cpus",
+                              "verbose", "quiet"})
+
+
 def _given(action, options):
     """Whether the command line gave the option of ``action`` (its value is not the default)."""
     value = getattr(options, action.dest, action.default)
@@ -216,6 +223,17 @@ def _check_reports_only(parser, options):
         raise UsageError(f"--reports-only re-renders the reports from what OUTPUT_DIR holds and does not use "
                          f"{', '.join(ignored)}; drop {'it' if len(ignored) == 1 else 'them'} (or run the analysis "
                          "without --reports-only)")
+
+
+def _check_participant(parser, options):
+    """Refuse a ``participant`` run without ``--model``, or with group-level options it would ignore (exit 64)."""
+    ignored = [action.option_strings[0] for action in parser._actions
+               if action.option_strings and action.dest not in PARTICIPANT_USES and _given(action, options)]
+    if ignored:
+        raise UsageError(f"the participant level fits the Run and Subject nodes of --model and does not use "
+                         f"{', '.join(ignored)} (group-level options); drop {'it' if len(ignored) == 1 else 'them'}")
+    if not options.model:
+        raise UsageError("the participant level needs --model FILE: a BIDS Stats Model with a Run node")
 
 
 def _check_outside_raw_dataset(options):
@@ -252,15 +270,17 @@ def parse_args(argv=None):
         ``--bids-database-dir`` inside BIDS_DIR but not under
         ``BIDS_DIR/derivatives/``.
     UnknownAnalysisLevelError
-        When the analysis level is not ``group`` (exit 17).
+        When the analysis level is not ``participant`` or ``group`` (exit 17).
     """
     parser = build_parser()
     options = parser.parse_args(argv)
-    if options.analysis_level != "group":
+    if options.analysis_level not in ("participant", "group"):
         raise UnknownAnalysisLevelError(
-            f"analysis level '{options.analysis_level}' is not supported; this app runs the 'group' level"
+            f"analysis level '{options.analysis_level}' is not supported; use 'participant' or 'group'"
         )
     _check_outside_raw_dataset(options)
+    if options.analysis_level == "participant":
+        _check_participant(parser, options)
     if options.reports_only:
         _check_reports_only(parser, options)
     spatial = options.tfce or options.cluster_forming_p is not None

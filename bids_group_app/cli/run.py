@@ -29,6 +29,9 @@ LOGGER = logging.getLogger("bids_group_app")
 def _configure_logging(verbose, quiet):
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if verbose < 2:  # PyBIDS and its schema tools say only warnings, unless -vv
+        for name in ("bids", "bidsschematools"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not verbose:
         warnings.filterwarnings("ignore")
         logging.getLogger("nilearn").setLevel(logging.WARNING)

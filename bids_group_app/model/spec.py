@@ -534,11 +534,13 @@ def _parse_node(raw, index, edge_filters):
     return node
 
 
-def parse_model(document):
+def parse_model(document, require_dataset=True):
     """Validate a BIDS Stats Models document and return a :class:`ModelSpec`.
 
     A legacy (pre-1.0) document is upgraded first (:func:`upgrade_legacy`);
-    ``ModelSpec.document`` is the upgraded one.
+    ``ModelSpec.document`` is the upgraded one. With ``require_dataset``
+    (the group level) a document without a Dataset node is refused; the
+    participant level runs models of Run (and Subject) nodes only.
 
     Raises
     ------
@@ -567,18 +569,21 @@ def parse_model(document):
         else:
             _check_first_level_node(node, f"Nodes[{i}]")
     levels = sorted({str(n.get("Level")) for n in nodes_raw if isinstance(n, dict)})
-    _require(nodes, f"the model has no Dataset-level node (levels found: {', '.join(levels)}); this app runs Dataset nodes")
+    _require(nodes or not require_dataset, f"the model has no Dataset-level node (levels found: {', '.join(levels)}); "
+                                           "the group level runs Dataset nodes (its Run and Subject nodes are the "
+                                           "participant level's)")
     names = [n.name for n in nodes]
     _require(len(set(names)) == len(names), f"node names must be unique, got {names}")
     input_filters = _filter_dict(document.get("Input") or {}, "Input")
     return ModelSpec(str(document.get("Name", "model")), document, input_filters, nodes, parse_graph(document))
 
 
-def load_model(path):
+def load_model(path, require_dataset=True):
     """Read and validate a BIDS Stats Models JSON file.
 
     A missing file is a MissingInputError (66); a file that is not valid
-    JSON or not a usable model is a UsageError (64).
+    JSON or not a usable model is a UsageError (64). ``require_dataset``:
+    see :func:`parse_model`.
     """
     path = Path(path)
     if not path.is_file():
@@ -591,7 +596,7 @@ def load_model(path):
         raise UsageError(f"model file {path} cannot be read: {err}") from None
     except RecursionError:
         raise UsageError(f"model file {path} is nested too deeply to be a BIDS Stats Model") from None
-    return parse_model(document)
+    return parse_model(document, require_dataset=require_dataset)
 
 
 # --------------------------------------------------------------------------

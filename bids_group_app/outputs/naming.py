@@ -310,6 +310,47 @@ def computed_map(model, node, subject, entities, contrast, stat, extension=".nii
     return OutputName(pairs, "statmap", extension, f"{node_folder(node)}/sub-{subject}").relpath
 
 
+#: Entities of a first-level map's name, in FitLins's order (``contrast`` and ``stat`` follow).
+FIRST_LEVEL_ENTITIES = (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
+                        ("run", "run"), ("space", "space"))
+
+
+def first_level_map(node, entities, contrast=None, stat=None, suffix="statmap", extension=".nii.gz"):
+    """A map (or table) the participant level writes, named as FitLins names it.
+
+    ``node-<node>/sub-<label>/sub-<label>[_ses-][_task-][_acq-][_run-][_space-]_contrast-<c>_stat-<s>_statmap.nii.gz``,
+    ``node`` and ``contrast`` as FitLins labels them (:func:`~bids_group_app.model.graph.fitlins_label`:
+    ``faces-scrambled`` is ``facesScrambled``), so the group level (and FitLins users) find them; no
+    ``model-`` entity, which marks the group level's own files.
+
+    Parameters
+    ----------
+    node : str
+        The node's name.
+    entities : dict
+        ``subject`` and any of ``session``, ``task``, ``acquisition``, ``run``, ``space``.
+    contrast, stat : str, optional
+        Left out of the name when None (a design matrix: ``suffix="design"``, ``extension=".tsv"``).
+    """
+    from bids_group_app.model.graph import fitlins_label
+
+    pairs = [(key, str(entities[name])) for name, key in FIRST_LEVEL_ENTITIES if entities.get(name) is not None]
+    if contrast is not None:
+        pairs.append(("contrast", cap_label(fitlins_label(contrast))))
+    if stat is not None:
+        pairs.append(("stat", stat))
+    folder = f"node-{fitlins_label(node)}/sub-{entities['subject']}"
+    return OutputName(tuple(pairs), suffix, extension, folder).relpath
+
+
+def participant_sidecars(output_dir):
+    """The sidecars of the participant level's maps (:func:`first_level_map`), one per contrast
+    (its ``stat-effect``, or ``stat-F``), in name order; paths as a reader opens them."""
+    view = as_view(output_dir)
+    return [view / rel for pattern in ("effect", "F")
+            for rel in view.glob(f"node-*/sub-*/sub-*_stat-{pattern}_statmap.json")]
+
+
 def computed_sidecars(output_dir, model):
     """The sidecars of the subject-level maps a model computed (:func:`computed_map`), in name order.
 

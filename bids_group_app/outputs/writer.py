@@ -77,7 +77,9 @@ class OutputWriter:
 
     Creating a writer first removes the staging folders that runs no longer
     alive left uncommitted in OUTPUT_DIR (:func:`remove_dead_staging`), then
-    creates and locks its own, until :meth:`commit` or :meth:`abort`.
+    creates and locks its own, until :meth:`commit` or :meth:`abort`. Used as
+    a context manager (``with OutputWriter(out) as writer:``), whatever was
+    not committed when the block ends (an error, a signal) is dropped.
 
     Parameters
     ----------
@@ -94,6 +96,13 @@ class OutputWriter:
             raise OutputError(f"output directory {self.output_dir} cannot be created or written: {err.strerror or err}") from None
         self.written = []
         self.committed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.abort()  # after a commit: only releases what is left
+        return False
 
     @contextlib.contextmanager
     def _staged(self, relpath):
@@ -153,6 +162,11 @@ class OutputWriter:
         there on signals no longer stop the run, and should the process die
         anyway, the next reader completes the commit (:func:`recover`).
 
+        Returns
+        -------
+        list of pathlib.Path
+            The committed files, in OUTPUT_DIR.
+
         Raises
         ------
         OutputError
@@ -173,6 +187,7 @@ class OutputWriter:
                               f"they stay in {self.staging.name} and are moved into place by the next run "
                               "or by --reports-only once this is fixed") from None
         self.abort()
+        return [self.output_dir / p for p in self.written]
 
     def abort(self):
         """Drop everything staged (and the staging folder with its lock).

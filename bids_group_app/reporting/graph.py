@@ -2,14 +2,15 @@
 
 Read from the saved model document and the design sidecars of OUTPUT_DIR:
 each node with its level, the edges into it, and for the nodes this app
-fit, how many cells and maps, and where the maps came from.
+fit, how many cells and maps, and where the maps came from; for the Run and
+Subject nodes the participant level fit, how many maps of how many subjects.
 """
 
 from __future__ import annotations
 
 from bids_group_app.model.graph import parse_graph
 from bids_group_app.outputs.dataset import read_result_json
-from bids_group_app.outputs.naming import computed_sidecars
+from bids_group_app.outputs.naming import computed_sidecars, participant_sidecars
 
 
 def model_edges(model):
@@ -65,7 +66,9 @@ def model_graph(model, fitted):
         ``model_type``, ``inputs`` (the edges into it), ``ran`` (whether its
         results are in OUTPUT_DIR), ``cells``, ``maps`` and ``consumed``
         (:func:`consumed`, summed over its cells); for a computed lower-level
-        node, ``computed`` (its number of subject maps) and ``methods``.
+        node, ``computed`` (its number of subject maps) and ``methods``; for
+        a node the participant level fit, ``participant`` (its number of
+        maps), ``participant_subjects`` and ``methods``.
     """
     edges = model_edges(model)
     graph = []
@@ -76,9 +79,12 @@ def model_graph(model, fitted):
         for sidecar in cells:
             for where, count in consumed(sidecar.get("Inputs") or []).items():
                 sources[where] = sources.get(where, 0) + count
-        computed = [c for c in cells if "Method" in c]
+        computed = [c for c in cells if "Method" in c and not c.get("Participant")]
+        participant = [c for c in cells if c.get("Participant")]
         graph.append({
-            "computed": len(computed), "methods": sorted({c["Method"] for c in computed}),
+            "computed": len(computed), "methods": sorted({c["Method"] for c in computed + participant}),
+            "participant": len(participant),
+            "participant_subjects": len({c.get("Subject") for c in participant}),
             "name": name, "level": node.get("Level"), "group_by": node.get("GroupBy") or [],
             "model_type": (node.get("Model") or {}).get("Type", "glm"),
             "inputs": [e for e in edges if e["Destination"] == name],
@@ -102,10 +108,16 @@ def fitted_nodes(output_dir, model_label, designs):
     -------
     dict
         ``designs`` with, for each lower-level node the app computed, the
-        sidecars of its subject maps.
+        sidecars of its subject maps, and for each node the participant
+        level fit, the sidecars of its maps (one per contrast: effect or F),
+        marked ``Participant``.
     """
     fitted = {name: list(sidecars) for name, sidecars in designs.items()}
     for path in computed_sidecars(output_dir, model_label):
         sidecar = read_result_json(path)
         fitted.setdefault(sidecar.get("Node"), []).append(sidecar)
+    for path in participant_sidecars(output_dir):
+        sidecar = read_result_json(path)
+        subject = path.name.split("_", 1)[0][len("sub-"):]
+        fitted.setdefault(sidecar.get("Node"), []).append({**sidecar, "Participant": True, "Subject": subject})
     return fitted

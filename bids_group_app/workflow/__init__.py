@@ -1,4 +1,5 @@
-"""The group analysis, top to bottom.
+"""The analyses, top to bottom: :mod:`.participant` (the Run and Subject
+nodes, per subject) and the group analysis.
 
 :mod:`.plan` checks inputs and model and builds every cell's design;
 :mod:`.execute` loads the maps, fits, runs the permutations and writes the
@@ -16,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from bids_group_app.errors import OutputError
 from bids_group_app.workflow.execute import compute_shards, execute
+from bids_group_app.workflow.participant import run_participant
 from bids_group_app.workflow.plan import plan
 from bids_group_app.workflow.reports import reports_only
 
@@ -50,6 +52,8 @@ def run(config, argv=None):
         with threadpool_limits(limits=config.resources.n_cpus):
             if config.reports.reports_only:
                 return reports_only(config.inputs.output_dir)
+            if config.inputs.analysis_level == "participant":
+                return run_participant(config, argv)
             planned = plan(config)
             if config.permutation.perm_shard:
                 compute_shards(planned, config)

@@ -292,9 +292,8 @@ def execute(plan_, config, argv=None):
 
 
 def _execute(plan_, config, argv):
-    writer = OutputWriter(plan_.output_dir)
     versions = software_versions()
-    try:
+    with OutputWriter(plan_.output_dir) as writer:
         staged = _compute_subject_maps(writer, plan_, versions)
         staged.update({str(plan_.output_dir / rel): str(writer.staging / rel) for rel in plan_.chained})
         for cell in plan_.cells:
@@ -321,9 +320,4 @@ def _execute(plan_, config, argv):
                 read_existing(description), dataset_description([plan_.bids_dir, *plan_.derivatives])))
             # everything that can fail happens before the commit
             stage_reports(writer, models=[label], html_reports=not config.reports.no_reports, strict=False)
-            written = list(writer.written)
-            writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    return [plan_.output_dir / p for p in written]
+            return writer.commit()

@@ -147,7 +147,8 @@ class Plan:
     chained: list = field(default_factory=list)  # relpaths of cell outputs that later cells read
 
 
-def _check_paths(inputs):
+def check_paths(inputs):
+    """BIDS_DIR and OUTPUT_DIR, resolved and checked (exits 66, 64, 73, 65 with one-line messages)."""
     bids_dir = inputs.bids_dir.expanduser().resolve()
     if not bids_dir.is_dir():
         raise MissingInputError(f"BIDS_DIR {inputs.bids_dir} does not exist or is not a directory")
@@ -167,12 +168,37 @@ def _check_paths(inputs):
     return bids_dir, output_dir
 
 
+def participant_outputs(output_dir):
+    """Whether OUTPUT_DIR holds maps of the participant level (``node-<n>/sub-<s>/sub-<s>_..._statmap``)."""
+    return any(Path(output_dir).glob("node-*/sub-*/sub-*_statmap.nii*"))
+
+
 def _derivatives(inputs, bids_dir, output_dir):
+    """The derivative datasets whose maps the group level reads.
+
+    Without ``--derivatives``, an OUTPUT_DIR that holds the participant
+    level's maps is the input (its own group-level files, named ``model-``,
+    are not: :func:`_own_outputs`); else the datasets of
+    :func:`~bids_group_app.inputs.index.resolve_derivatives`, which must not
+    overlap OUTPUT_DIR (but OUTPUT_DIR itself when it holds participant maps).
+    """
+    own = participant_outputs(output_dir)
+    if own and not inputs.derivatives:
+        return [output_dir]
     derivatives = [Path(d).resolve() for d in inputs_stage.resolve_derivatives(bids_dir, list(inputs.derivatives) or None)]
     for deriv in derivatives:
+        if own and deriv == output_dir:
+            continue
         if output_dir == deriv or output_dir.is_relative_to(deriv) or deriv.is_relative_to(output_dir):
             raise UsageError(f"OUTPUT_DIR {output_dir} overlaps the input derivative dataset {deriv}; choose a separate folder")
     return derivatives
+
+
+def _own_outputs(table, output_dir):
+    """The index without the group level's own maps in OUTPUT_DIR (``model-<label>_...``, e.g. computed subject maps)."""
+    paths = table["path"].map(Path)
+    own = paths.map(lambda p: p.is_relative_to(output_dir) and p.name.startswith("model-"))
+    return table[~own].reset_index(drop=True)
 
 
 def _merge_filters(*sources):
@@ -561,10 +587,11 @@ def plan(config):
     AppError subclasses, each with its exit code.
     """
     inputs, model_options = config.inputs, config.model
-    bids_dir, output_dir = _check_paths(inputs)
+    bids_dir, output_dir = check_paths(inputs)
     model = load_model(model_options.model) if model_options.model else None
     derivatives = _derivatives(inputs, bids_dir, output_dir)
-    table = inputs_stage.index_maps(bids_dir, derivatives, database_dir=inputs.bids_database_dir)
+    table = _own_outputs(inputs_stage.index_maps(bids_dir, derivatives, database_dir=inputs.bids_database_dir),
+                         output_dir)
     if table.empty:
         raise MissingInputError(f"no image with a sub-<label> entity in {', '.join(map(str, derivatives))}")
     participants = read_participants(bids_dir)

@@ -50,14 +50,7 @@ def reports_only(output_dir):
     output_dir = Path(output_dir).expanduser().resolve()
     if not saved_models(output_dir) and not list(output_dir.glob(f"{STAGING_PREFIX}*/{MANIFEST}")):
         raise MissingInputError(f"{output_dir} holds no results of bids_group_app (no model-*_smdl.json); run the analysis first")
-    writer = OutputWriter(output_dir)
-    try:
-        with output_lock(output_dir):
-            recover(output_dir)
-            stage_reports(writer)
-            written = list(writer.written)
-            writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    return [output_dir / p for p in written]
+    with OutputWriter(output_dir) as writer, output_lock(output_dir):
+        recover(output_dir)
+        stage_reports(writer)
+        return writer.commit()

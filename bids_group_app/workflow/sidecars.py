@@ -10,11 +10,11 @@ from bids_group_app.inference.atlas import COLUMN_DESCRIPTIONS
 def relative_input(path, derivatives, output_dir=None):
     """``bids:<dataset>:<path>`` of an input inside one of the derivative datasets, or
     ``bids::<path>`` (a BIDS URI into this dataset) of one the app wrote in ``output_dir``."""
+    if output_dir is not None and Path(path).is_relative_to(output_dir):
+        return f"bids::{Path(path).relative_to(output_dir)}"
     for root in derivatives:
         if Path(path).is_relative_to(root):
             return f"bids:{root.name}:{Path(path).relative_to(root)}"
-    if output_dir is not None and Path(path).is_relative_to(output_dir):
-        return f"bids::{Path(path).relative_to(output_dir)}"
     return str(path)
 
 

@@ -335,8 +335,13 @@ def _model(c, name):
 
 CASES = [
     # 17: unknown analysis level
-    pytest.param(lambda c: [c.bids, c.out, "participant"], 17,
-                 lambda c: ["participant", "group"], id="17-level-participant"),
+    pytest.param(lambda c: [c.bids, c.out, "session"], 17,
+                 lambda c: ["'session'", "participant", "group"], id="17-level-session"),
+    # 64: the participant level needs --model and takes no group-level option
+    pytest.param(lambda c: [c.bids, c.out, "participant"], 64,
+                 lambda c: ["participant level needs --model"], id="64-participant-without-model"),
+    pytest.param(lambda c: [c.bids, c.out, "participant", "--model", c.bids / "m.json", "--n-perm", "100"], 64,
+                 lambda c: ["does not use --n-perm"], id="64-participant-group-option"),
     # 18: filters select no file; the message lists what exists
     pytest.param(lambda c: [c.bids, c.out, "group", "--filter", "contrast=nonexistent"], 18,
                  lambda c: ["nonexistent", "motor", "language"], id="18-filter-contrast"),
@@ -513,7 +518,7 @@ def _command():
 
 SUBPROCESS_CASES = {
     # id: (argv builder, expected code, names, options)
-    "17-level": (lambda c: [c.bids, c.out, "participant"], 17, lambda c: ["participant"], {}),
+    "17-level": (lambda c: [c.bids, c.out, "subject"], 17, lambda c: ["'subject'", "participant"], {}),
     "18-filter-quiet": (lambda c: [c.bids, c.out, "group", "--quiet", "--filter", "contrast=nonexistent"], 18,
                         lambda c: ["motor", "language"], {"one_line": True}),
     "64-alpha": (lambda c: [c.bids, c.out, "group", "--alpha", "2"], 64, lambda c: ["--alpha"], {"one_line": True}),
@@ -554,10 +559,10 @@ SUBPROCESS_CASES = {
     "64-verbose": (lambda c: [c.bids, c.out, "group", "--alpha", "2", "-v"], 64,
                    lambda c: ["--alpha"], {"verbose": True, "python_m": True}),
     # issue 9: the level is checked before anything else, and before -w is created
-    "17-level-reports-only": (lambda c: [c.bids, c.out, "participant", "--reports-only"], 17,
-                              lambda c: ["participant"], {"one_line": True}),
-    "17-level-work-dir": (lambda c: [c.bids, c.out, "participant", "-w", c.sandbox / "work"], 17,
-                          lambda c: ["participant"], {"one_line": True}),
+    "17-level-reports-only": (lambda c: [c.bids, c.out, "session", "--reports-only"], 17,
+                              lambda c: ["'session'"], {"one_line": True}),
+    "17-level-work-dir": (lambda c: [c.bids, c.out, "session", "-w", c.sandbox / "work"], 17,
+                          lambda c: ["'session'"], {"one_line": True}),
     # issue 9: --reports-only ignores the analysis options: giving one is a usage error
     "64-reports-only-alpha": (lambda c: [c.bids, c.out, "group", "--reports-only", "--alpha", "0.01"], 64,
                               lambda c: ["--reports-only", "--alpha"], {"one_line": True}),

@@ -533,7 +533,7 @@ def test_work_dir_does_not_leak_into_the_calling_process(nilearn_dataset, run_cl
     saved = tempfile.tempdir
     try:
         # fails right after the work folder is prepared (unknown analysis level)
-        assert run_cli([nilearn_dataset["root"], str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")]) == 17
+        assert run_cli([nilearn_dataset["root"], str(tmp_path / "out"), "session", "-w", str(tmp_path / "work")]) == 17
         assert tempfile.tempdir == saved
     finally:
         tempfile.tempdir = saved

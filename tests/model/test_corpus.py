@@ -57,23 +57,23 @@ RAN_UNCHECKED = {
 
 KNOWN_FAILURES = {
     'model-zoo/model-FaceRepParametric_desc-fitlins_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-FaceRep_desc-fitlins_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-MoAE-desc-fitlins_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-MoAE_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-ds2799_desc-compcop_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-ds2799_desc-scrubbing_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-ds2799_desc-simple_smdl.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'model-zoo/model-narps_smdl.json':
         "bids_group_app: error: node 'between-groups' has no contrast to compute: contrast 'range_vs_indiference' names C(group)[T.equalRange], C(group)[T.equalIndifference], not design column(s); columns: C(group)[equalIndifference], C(group)[equalRange]",
     'pybids/ds-005_type-interceptonlyrunlevel_model.json':
-        'bids_group_app: error: the model has no Dataset-level node (levels found: Run); this app runs Dataset nodes',
+        "bids_group_app: error: the model has no Dataset-level node (levels found: Run); the group level runs Dataset nodes (its Run and Subject nodes are the participant level's)",
     'pybids/ds-005_type-mfx_model.json':
         'bids_group_app: error: Nodes[1].Model.VarianceComponents is not supported by this app (a key of draft BIDS Stats Models, not of version 1.0); remove it',
     'pybids/ds-005_type-test_model.json':
