@@ -106,6 +106,28 @@ def _lower_nodes(model):
     return run, fed
 
 
+#: ``Model`` keys of a Run node the participant level runs (others are refused by name: nothing silently ignored).
+RUN_MODEL_KEYS = {"X", "Type", "Formula", "Options", "Description", "Software"}
+RUN_OPTIONS = {"HighPassFilterCutoffHz", "Description"}
+
+
+def _check_run_node(document, name):
+    """Refuse (64, naming the key) what the Run node asks that the participant level does not do."""
+    raw = next(n for n in document["Nodes"] if str(n.get("Name")) == name)
+    model = raw.get("Model") or {}
+    where = f"node '{name}' Model"
+    for key in sorted(set(model) - RUN_MODEL_KEYS):
+        hint = "; use a Convolve transformation" if key == "HRF" else ""
+        raise UsageError(f"{where}.{key} is not supported at the participant level yet{hint}; remove it")
+    for key in sorted(set(model.get("Options") or {}) - RUN_OPTIONS):
+        raise UsageError(f"{where}.Options.{key} is not supported at the participant level yet (only "
+                         "HighPassFilterCutoffHz: a cosine drift); remove it")
+    if str(model.get("Type", "glm")).lower() != "glm":
+        raise UsageError(f"{where}.Type is {model.get('Type')!r}; a Run node is a 'glm'")
+    if model.get("Formula"):
+        raise UsageError(f"{where}.Formula is not supported at the participant level yet; list the columns in X")
+
+
 def _run_entities(run):
     """The entities that name a run's maps (those of its preprocessed BOLD: space included, as FitLins names them)."""
     return {k: run.entities[k] for k in ("subject", *RUN_KEYS, "space") if run.entities.get(k) is not None}
@@ -213,13 +235,13 @@ def _subject_level(writer, mask_img, node, edge, pairs, fits, sidecar):
     return written
 
 
-def _fit_one_subject(writer, layout, document, model, subject, filters, versions):
-    """Fit and stage every map of one subject; returns the number of contrasts written."""
+def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions):
+    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`); returns the number of contrasts."""
     from bids_group_app.firstlevel.design import build_graph, run_designs
     from bids_group_app.firstlevel.fit import fit_subject, masked_data, subject_mask
     from bids_group_app.firstlevel.inputs import find_runs
 
-    run_node, fed = _lower_nodes(model)
+    run_node, fed = nodes
     runs = find_runs(layout, subject, **filters)
     graph = build_graph(layout, json.loads(json.dumps(document)), subject, **filters)
     designs = run_designs(graph, subject, node=run_node.name)
@@ -264,6 +286,8 @@ def run_participant(config, argv=None):
     bids_dir, output_dir = check_paths(config.inputs)
     model = load_model(config.model.model, require_dataset=False)
     document = model.document
+    nodes = _lower_nodes(model)
+    _check_run_node(document, nodes[0].name)
     derivatives = list(config.inputs.derivatives)
     if len(derivatives) > 1:
         raise UsageError("the participant level reads one fMRIPrep folder: give one --derivatives DIR")
@@ -273,7 +297,7 @@ def run_participant(config, argv=None):
     versions = software_versions()
     with OutputWriter(output_dir) as writer:
         for subject in subjects:
-            _fit_one_subject(writer, layout, document, model, subject, filters, versions)
+            _fit_one_subject(writer, layout, document, nodes, subject, filters, versions)
         with output_lock(output_dir):
             recover(output_dir)
             writer.json(config_file(time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6]), {

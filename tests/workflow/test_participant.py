@@ -167,6 +167,15 @@ def test_participant_errors_are_one_line_with_bids_exit_codes(fmriprep, tmp_path
     (tmp_path / "two.json").write_text(json.dumps(two_runs))
     code, err = _cli(fmriprep["root"], out, "participant", "--model", tmp_path / "two.json")
     assert code == 64 and "one Run node" in err
+    # what the participant level does not do is refused by name, not ignored
+    for key, value, fragment in [("HRF", {"Variables": ["trial_type.faces"], "Model": "spm"}, "Model.HRF"),
+                                 ("Options", {"HighPassFilterCutoffHz": 0.01, "Mask": {"desc": "brain"}},
+                                  "Model.Options.Mask")]:
+        document = json.loads(json.dumps(FMRIPREP_MODEL))
+        document["Nodes"][0]["Model"][key] = value
+        (tmp_path / "bad.json").write_text(json.dumps(document))
+        code, err = _cli(fmriprep["root"], out, "participant", "--model", tmp_path / "bad.json")
+        assert code == 64 and fragment in err and "not supported at the participant level" in err, err
     # a run without its events: 66, naming the run; nothing written
     root = tmp_path / "ds"
     shutil.copytree(fmriprep["root"], root)
