@@ -322,7 +322,7 @@ def test_seed003_participant_recipe_equals_nilearn_first_level_model(tmp_path):
     truth = make_example_dataset(ds, layout, extra_participant=False)
     argv = [str(ds / a[len("ds/"):]) if a.startswith("ds/") else a for a in argv]
     script = Path(sys.executable).with_name("bids_group_app")
-    proc = subprocess.run([str(script), str(ds), str(tmp_path / "out"), "participant", *argv, "--quiet"],
+    proc = subprocess.run([str(script), str(ds), str(tmp_path / "out"), "participant", *argv, "--quiet", "--no-reports"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "node-subject").iterdir()) == \

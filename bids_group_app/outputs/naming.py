@@ -6,9 +6,11 @@ Naming scheme (documented in the README)::
       dataset_description.json, .bidsignore
       model-<model>_smdl.json              the model that ran (BIDS Stats Models)
       model-<model>_report.html            its HTML report
+      sub-<label>_report.html              the participant level's report of a subject
       logs/config-<timestamp>-<id>.json    the configuration that ran
       logs/CITATION.md|.html|.bib          the methods text
       figures/model-<model>_node-<node>_<cell>[_contrast-<c>][_stat-<s>][_thresh-<h>]_<figure>.png|.html
+      figures/sub-<label>_node-<node>_<entities>[_contrast-<c>][_stat-<s>]_<figure>.png   participant level
       node-<node>/
         model-<model>_<cell>_design.tsv|.json              design matrix; columns, maps, dropped
         model-<model>_<cell>_mask.nii.gz                   analysis mask
@@ -341,6 +343,44 @@ def first_level_map(node, entities, contrast=None, stat=None, suffix="statmap", 
         pairs.append(("stat", stat))
     folder = f"node-{fitlins_label(node)}/sub-{entities['subject']}"
     return OutputName(tuple(pairs), suffix, extension, folder).relpath
+
+
+def first_level_figure(relpath, kind):
+    """The report figure of a participant-level file (a :func:`first_level_map` map or design table).
+
+    ``node-<node>/sub-<label>/sub-<label>_<entities>_<suffix>.<ext>`` gives
+    ``figures/sub-<label>_node-<node>_<entities>_<kind>.png``: the subject
+    first, so that a subject's figures sort together, and the node, since
+    two nodes name their maps alike.
+
+    Parameters
+    ----------
+    relpath : str or pathlib.Path
+        Relative to OUTPUT_DIR, as :func:`first_level_map` returns it.
+    kind : str
+        The figure: ``design``, ``slices``, ``glass``.
+    """
+    name = parse(relpath)
+    node = Path(relpath).parent.parent.name.partition("-")[2]
+    if name is None or not node or not name.entities or name.entities[0][0] != "sub":
+        raise ValueError(f"{relpath} is not a participant-level file name")
+    entities = (name.entities[0], ("node", node), *name.entities[1:])
+    return OutputName(entities, kind, ".png", "figures").relpath
+
+
+def participant_report_file(subject):
+    """``sub-<label>_report.html``: the participant level's report of one subject (a BIDS label, as
+    its ``node-<node>/sub-<label>/`` folders are named)."""
+    return f"sub-{subject}_report.html"
+
+
+def participant_reports(output_dir):
+    """The subjects' reports (:func:`participant_report_file`) in OUTPUT_DIR, in name order.
+
+    ``output_dir`` is a path or an :class:`~.view.OutputView`; paths are
+    relative to OUTPUT_DIR.
+    """
+    return as_view(output_dir).glob(participant_report_file("*"))
 
 
 def participant_sidecars(output_dir):

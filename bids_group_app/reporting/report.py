@@ -6,6 +6,9 @@ the logged configuration), so ``--reports-only`` re-renders a report
 without refitting. Figures are PNG files in ``OUTPUT_DIR/figures/`` next to
 the report, the interactive viewers (nilearn ``view_img``) are
 self-contained HTML files there too: the report opens with no network.
+Its summary links the participant level's subject reports
+(``sub-<label>_report.html``, :mod:`bids_group_app.reporting.participant`)
+present in OUTPUT_DIR.
 
 Colour maps follow what the values mean: a signed map (t, z, effect, a
 two-sided thresholded map with both signs) is drawn with a diverging map
@@ -42,6 +45,7 @@ from bids_group_app.outputs.naming import (
     contrast_files,
     model_cells,
     model_of,
+    participant_reports,
     report_file,
     saved_models,
 )
@@ -512,6 +516,7 @@ def render_model_report(output_dir, model_path, target_dir=None):
         command=" ".join(html.escape(str(a)) for a in config.get("CommandLine", [])),
         versions=config.get("SoftwareVersions", {}), version=__version__,
         description=read_optional_result(output_dir / "dataset_description.json"),
+        participants=[p.as_posix() for p in participant_reports(output_dir)],
     )
     target = target_dir / report_file(label)
     with writing(target):

@@ -16,10 +16,6 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from bids_group_app.errors import OutputError
-from bids_group_app.workflow.execute import compute_shards, execute
-from bids_group_app.workflow.participant import run_participant
-from bids_group_app.workflow.plan import plan
-from bids_group_app.workflow.reports import reports_only
 
 
 def _prepare_work_dir(work_dir):
@@ -50,10 +46,18 @@ def run(config, argv=None):
     try:
         _prepare_work_dir(config.resources.work_dir)
         with threadpool_limits(limits=config.resources.n_cpus):
+            # each path imports only its own stages (a participant task does not load the permutation engine)
             if config.reports.reports_only:
+                from bids_group_app.workflow.reports import reports_only
+
                 return reports_only(config.inputs.output_dir)
             if config.inputs.analysis_level == "participant":
+                from bids_group_app.workflow.participant import run_participant
+
                 return run_participant(config, argv)
+            from bids_group_app.workflow.execute import compute_shards, execute
+            from bids_group_app.workflow.plan import plan
+
             planned = plan(config)
             if config.permutation.perm_shard:
                 compute_shards(planned, config)

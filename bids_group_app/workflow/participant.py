@@ -19,7 +19,9 @@ preprocessed BOLD run in the fMRIPrep derivatives):
 Every map is written as FitLins writes it
 (:func:`bids_group_app.outputs.naming.first_level_map`: ``node-<node>/sub-<label>/
 sub-<label>_task-<t>_run-<r>_contrast-<c>_stat-<effect|variance|t|F|z|p>_statmap.nii.gz``),
-with a sidecar, and each run's design matrix as a TSV. Files go through the
+with a sidecar, and each run's design matrix as a TSV; unless ``--no-reports``,
+each subject's HTML report ``sub-<label>_report.html``
+(:mod:`bids_group_app.reporting.participant`). Files go through the
 staging writer and are committed under the OUTPUT_DIR lock, so concurrent
 processes (a SLURM array, one subject each) never collide: each writes only
 its subjects' folders, and the shared ``dataset_description.json`` is merged.
@@ -235,8 +237,9 @@ def _subject_level(writer, mask_img, node, edge, pairs, fits, sidecar):
     return written
 
 
-def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions):
-    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`); returns the number of contrasts."""
+def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions, report=True):
+    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`), and its report unless
+    ``report`` is False; returns the number of contrasts written."""
     from bids_group_app.firstlevel.design import build_graph, run_designs
     from bids_group_app.firstlevel.fit import fit_subject, masked_data, subject_mask
     from bids_group_app.firstlevel.inputs import find_runs
@@ -254,10 +257,11 @@ def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions
     contrasts = designs[0].contrasts
     fits = fit_subject(data, [d for _, d in pairs], contrasts)
     sidecar = {"SoftwareVersions": versions}
-    written = 0
+    written, design_files = 0, []
     for index, (run, design) in enumerate(pairs):
         entities = _run_entities(run)
-        writer.table(first_level_map(run_node.name, entities, suffix="design", extension=".tsv"), design.matrix)
+        design_files.append(first_level_map(run_node.name, entities, suffix="design", extension=".tsv"))
+        writer.table(design_files[-1], design.matrix)
         for name, per_run in fits.items():
             _write_maps(writer, mask_img, run_node.name, entities, name, per_run["runs"][index], {
                 **sidecar, "Node": run_node.name, "Level": "Run", "Method": "nilearn GLM, AR(1) noise model",
@@ -265,6 +269,11 @@ def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions
             written += 1
     for node, edge in fed:
         written += _subject_level(writer, mask_img, node, edge, pairs, fits, sidecar)
+    if report:
+        from bids_group_app.reporting.participant import stage_participant_report
+
+        stage_participant_report(writer, subject, [(run, design, rel) for (run, design), rel in zip(pairs, design_files)],
+                                 [node.name for node, _ in fed] or [run_node.name], document.get("Name", ""))
     LOGGER.info("sub-%s: %d runs, %d contrast maps", subject, len(pairs), written)
     return written
 
@@ -297,7 +306,8 @@ def run_participant(config, argv=None):
     versions = software_versions()
     with OutputWriter(output_dir) as writer:
         for subject in subjects:
-            _fit_one_subject(writer, layout, document, nodes, subject, filters, versions)
+            _fit_one_subject(writer, layout, document, nodes, subject, filters, versions,
+                             report=not config.reports.no_reports)
         with output_lock(output_dir):
             recover(output_dir)
             writer.json(config_file(time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6]), {

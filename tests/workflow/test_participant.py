@@ -55,7 +55,7 @@ def single(fmriprep, tmp_path_factory):
     """The participant level for sub-01 (the seed-003 check), in-process."""
     out = tmp_path_factory.mktemp("participant-one") / "out"
     code, stderr = _cli(fmriprep["root"], out, "participant", "--model", fmriprep["model"],
-                        "--participant-label", "01", "--quiet")
+                        "--participant-label", "01", "--quiet", "--no-reports")  # reports: tests/reporting
     assert code == 0, stderr
     return out
 
