@@ -310,6 +310,7 @@ def test_seed004_rm_anova_bonferroni_counts(example_dataset, tmp_path):
     assert seed["FacesScrambled"][0] > 0
 
 
+@pytest.mark.slow  # the same maps are checked in-process by tests/workflow/test_participant.py
 def test_seed003_participant_recipe_equals_nilearn_first_level_model(tmp_path):
     """The README's seed-003 command, as written (every subject), on the fmriprep example: sub-01's subject-level
     faces-scrambled t and z equal nilearn's two-run FirstLevelModel (tests/workflow/test_participant.py checks

@@ -15,17 +15,21 @@ from bids_group_app.example_data import make_example_dataset
 from bids_group_app.firstlevel.qc import condition_columns, displacement_summary, variance_inflation
 from tests.workflow.test_participant import _cli
 
-SUBJECTS = ("01", "02")
+SUBJECTS = ("01",)  # with a report; sub-02 is fit without one (the group report links only reports that exist)
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """4 subjects x 2 runs; the participant level for two of them (one process), then the group level on OUTPUT_DIR."""
+    """4 subjects x 2 runs; the participant level for two of them (sub-01 with its report, sub-02 without), then
+    the group level on OUTPUT_DIR."""
     root = tmp_path_factory.mktemp("participant-report") / "ds"
     make_example_dataset(root, "fmriprep", n_subjects=4, extra_participant=False)
     model = root / "models" / "model-faces_smdl.json"
     out = root.parent / "out"
     code, stderr = _cli(root, out, "participant", "--model", model, "--participant-label", *SUBJECTS, "--quiet")
+    assert code == 0, stderr
+    code, stderr = _cli(root, out, "participant", "--model", model, "--participant-label", "02", "--quiet",
+                        "--no-reports")
     assert code == 0, stderr
     code, stderr = _cli(root, out, "group", "--model", model, "--quiet")
     assert code == 0, stderr
