@@ -115,7 +115,7 @@ RUN_OPTIONS = {"HighPassFilterCutoffHz", "Description"}
 
 def _check_run_node(document, name):
     """Refuse (64, naming the key) what the Run node asks that the participant level does not do."""
-    raw = next(n for n in document["Nodes"] if str(n.get("Name")) == name)
+    raw = next(n for i, n in enumerate(document["Nodes"]) if str(n.get("Name", f"node{i}")) == name)  # as graph names
     model = raw.get("Model") or {}
     where = f"node '{name}' Model"
     for key in sorted(set(model) - RUN_MODEL_KEYS):
