@@ -143,7 +143,6 @@ def fixed_effects_contrast(effects, variances, X, weights, dofs=None):
     effects, variances = _check(effects, variances)
     X = np.asarray(X, dtype=float)
     weights = np.asarray(weights, dtype=float).ravel()
-    dofs = np.full(effects.shape[0], float(DEFAULT_RUN_DOF)) if dofs is None else np.asarray(dofs, dtype=float)
     if X.shape != (effects.shape[0], weights.size):
         raise ValueError(f"design {X.shape} does not match {effects.shape[0]} maps and {weights.size} weights")
     weighed = np.flatnonzero(weights)
@@ -158,7 +157,7 @@ def fixed_effects_contrast(effects, variances, X, weights, dofs=None):
         rows = X[:, j] == 1
         if not rows.any():
             raise ValueError(f"column {j} selects no map")
-        part = fixed_effects(effects[rows], variances[rows], dofs[rows])
+        part = fixed_effects(effects[rows], variances[rows], None if dofs is None else np.asarray(dofs)[rows])
         effect = effect + weights[j] * part.effect
         variance = variance + weights[j] ** 2 * part.variance
         dof += part.dof

@@ -56,24 +56,33 @@ def _write_thresholded(writer, names, contrast, stat, thresh, img, clusters, sid
     writer.json(names.clusters(contrast, thresh, ".json"), clusters_sidecar(sidecar))
 
 
-def _write_parametric(writer, names, cell, dm, labels, results, contrast, common):
-    design = cell.design
-    parametric = cell.settings.parametric
-    maps = contrast_maps(labels, results, contrast.vector, contrast.test)
-    about = contrast_about(contrast, design, maps)
-    for stat, values in maps.as_dict().items():
+def _write_maps(writer, names, contrast, dm, maps, sidecar):
+    """The unthresholded maps of a contrast (``{stat: masked values}``), each with ``sidecar`` and its Statistic."""
+    for stat, values in maps.items():
         writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values.astype(np.float32)))
-        writer.json(names.statmap(contrast.name, stat, extension=".json"), {"Statistic": stat, **about, **common})
-    z_img = dm.masker.inverse_transform(maps.z.astype(np.float32))
+        writer.json(names.statmap(contrast.name, stat, extension=".json"), {"Statistic": stat, **sidecar})
+
+
+def _write_z_threshold(writer, names, cell, dm, contrast, z, two_sided, sidecar):
+    """The parametric thresholding of a contrast's z map (the node's height control), with its cluster table."""
+    parametric = cell.settings.parametric
     thresholded = threshold_contrast(
-        z_img, dm.mask_img, height_control=parametric.height_control, alpha=parametric.alpha,
-        cluster_threshold=parametric.cluster_threshold, two_sided=parametric.two_sided and contrast.test == "t",
+        dm.masker.inverse_transform(z.astype(np.float32)), dm.mask_img, height_control=parametric.height_control,
+        alpha=parametric.alpha, cluster_threshold=parametric.cluster_threshold, two_sided=two_sided,
         connectivity=cell.settings.permutation.connectivity,
     )
     if thresholded is not None:
         img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
         _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control), img,
-                           thresholded.clusters, {"Statistic": "z", **about, **thresholded.describe(), **common})
+                           thresholded.clusters, {"Statistic": "z", **sidecar, **thresholded.describe()})
+
+
+def _write_parametric(writer, names, cell, dm, labels, results, contrast, common):
+    maps = contrast_maps(labels, results, contrast.vector, contrast.test)
+    about = contrast_about(contrast, cell.design, maps)
+    _write_maps(writer, names, contrast, dm, maps.as_dict(), {**about, **common})
+    _write_z_threshold(writer, names, cell, dm, contrast, maps.z,
+                       cell.settings.parametric.two_sided and contrast.test == "t", {**about, **common})
     return about, maps
 
 
@@ -154,12 +163,6 @@ def _tested(cell):
     return [c for c in cell.design.contrasts if c.test in ("t", "F")]
 
 
-def _write_maps(writer, names, contrast, dm, maps, sidecar):
-    for stat, values in maps.items():
-        writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values.astype(np.float32)))
-        writer.json(names.statmap(contrast.name, stat, extension=".json"), {"Statistic": stat, **sidecar})
-
-
 def _write_pass(writer, names, cell, dm, labels, results, contrast, common):
     """A ``pass`` contrast: its effect and variance, no test."""
     maps = contrast_maps(labels, results, contrast.vector, "t")
@@ -170,7 +173,7 @@ def _write_pass(writer, names, cell, dm, labels, results, contrast, common):
     _write_maps(writer, names, contrast, dm, {"effect": maps.effect, "variance": maps.variance}, {**about, **common})
 
 
-def _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, derivatives):
+def _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, plan_):
     """A FEMA contrast: fixed effects of the input effect and variance maps (+ its thresholded z)."""
     design = cell.design
     positive = np.all(variances > 0, axis=0)
@@ -184,7 +187,7 @@ def _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, d
         "Method": "fixed effects of the input effect and variance maps (equal weights, as nilearn "
                   "compute_fixed_effects and FitLins), per weighed column",
         "DegreesOfFreedom": maps.dof,
-        "Variances": [relative_input(p, *derivatives) for p in design.rows["_variance"]],
+        "Variances": [relative_input(p, plan_.derivatives, plan_.output_dir) for p in design.rows["_variance"]],
         "ExcludedNonPositiveVariance": int((~positive).sum()),
         "PValue": "one-sided, upper tail of the t distribution (nilearn convention)",
         "ZScore": "standard-normal quantile of the one-sided p-value",
@@ -193,17 +196,8 @@ def _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, d
         LOGGER.warning("node '%s' contrast '%s': %d voxel(s) with a variance <= 0 in some input are set to 0",
                        cell.node.name, contrast.name, int((~positive).sum()))
     _write_maps(writer, names, contrast, dm, values, {**common, **about})  # its own DegreesOfFreedom
-    parametric = cell.settings.parametric
-    thresholded = threshold_contrast(
-        dm.masker.inverse_transform(values["z"].astype(np.float32)), dm.mask_img,
-        height_control=parametric.height_control, alpha=parametric.alpha,
-        cluster_threshold=parametric.cluster_threshold, two_sided=parametric.two_sided,
-        connectivity=cell.settings.permutation.connectivity,
-    )
-    if thresholded is not None:
-        img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
-        _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control), img,
-                           thresholded.clusters, {"Statistic": "z", **common, **about, **thresholded.describe()})
+    _write_z_threshold(writer, names, cell, dm, contrast, values["z"], cell.settings.parametric.two_sided,
+                       {**common, **about})
 
 
 def _write_cell(writer, cell, plan_, config, versions, staged=None):
@@ -228,8 +222,7 @@ def _write_cell(writer, cell, plan_, config, versions, staged=None):
         shufflings = nonparametric.cell_shufflings(cell, blocks)
     for contrast in design.contrasts:
         if contrast.fixed_effects:
-            _write_fixed_effects(writer, names, cell, dm, variances, contrast, common,
-                                 (plan_.derivatives, plan_.output_dir))
+            _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, plan_)
             continue
         if contrast.test == "pass":
             _write_pass(writer, names, cell, dm, labels, results, contrast, common)

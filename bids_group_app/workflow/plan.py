@@ -282,16 +282,14 @@ def x_aliases(node):
     return aliases
 
 
-def _check_collisions(rows, node, group_values, entity_columns, run_maps=False):
+def _check_collisions(rows, node, group_values, entity_columns, aliases, run_maps=False):
     """One map per subject per cell, unless the design tells the maps of a subject apart.
 
     They are told apart by an entity the design names (X naming ``contrast``
     or one of its values) and, for a node fed run-level maps directly
     (``run_maps``), by ``session`` and ``run``: those maps enter as rows, as
-    PyBIDS makes them.
+    PyBIDS makes them. ``aliases``: :func:`x_aliases` of the node.
     """
-    aliases = x_aliases(node)
-
     def in_design(entity):
         return entity in node.x or any(str(v) in aliases for v in rows[entity].dropna().unique())
 
@@ -657,12 +655,13 @@ def plan(config):
         run_maps = (route is not None and route.subject_node is None
                     and model.graph.levels.get(route.edge.source) == "run")
         cells_of[node.name] = []
+        aliases = x_aliases(node)
         for group_values, cell_rows in _cells(rows, node, entity_columns):
             if chain is None:
-                _check_collisions(cell_rows, node, group_values, entity_columns, run_maps)
+                _check_collisions(cell_rows, node, group_values, entity_columns, aliases, run_maps)
             else:
                 result.chained.extend(rel for r in cell_rows["_relpaths"] for rel in r.values())
-            design = build_design(cell_rows.reset_index(drop=True), node, entity_columns, x_aliases(node))
+            design = build_design(cell_rows.reset_index(drop=True), node, entity_columns, aliases)
             _warn_repeated(design, node, group_values)
             if any(c.fixed_effects for c in design.contrasts):
                 _attach_variances(design, node, known_paths, settings[node.name])
