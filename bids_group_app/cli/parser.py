@@ -129,7 +129,8 @@ def build_parser():
                             help="analysis mask (resampled, nearest) or mni152-brain / mni152-gm "
                                  "(templates shipped with nilearn); default: voxels finite and non-zero in every map")
     estimation.add_argument("--smoothing-fwhm", type=_non_negative_float, metavar="MM", default=None,
-                            help="Gaussian smoothing of the maps before fitting (mm FWHM)")
+                            help="Gaussian smoothing before fitting (mm FWHM): of the maps (group), of the BOLD "
+                                 "runs (participant, as nilearn FirstLevelModel(smoothing_fwhm=...))")
 
     inference = parser.add_argument_group("Parametric inference")
     inference.add_argument("--height-control", choices=HEIGHT_CONTROLS, default=None,
@@ -199,6 +200,7 @@ REPORTS_ONLY_USES = frozenset({"bids_dir", "output_dir", "analysis_level", "repo
 #: the options the ``participant`` level uses; it would silently ignore any other
 PARTICIPANT_USES = frozenset({"bids_dir", "output_dir", "analysis_level", "derivatives", "participant_label",
                               "filter", "bids_filter_file", "model", "skip_bids_validation", "no_reports", "work_dir", "n_cpus",
+                              "smoothing_fwhm",
                               "verbose", "quiet"})
 
 

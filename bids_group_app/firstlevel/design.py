@@ -134,6 +134,123 @@ class _Transforms:
         return getattr(self._module, name)
 
 
+#: ``Model.HRF.Model`` values (nilearn's HRF models), lower case.
+HRF_MODELS = ("spm", "spm + derivative", "spm + derivative + dispersion", "glover", "glover + derivative",
+              "glover + derivative + dispersion", "fir")
+
+
+def hrf_columns(variable, model, fir_delays=()):
+    """The design columns nilearn's ``compute_regressor`` makes of ``variable`` under an HRF ``model``.
+
+    ``spm``/``glover``: the variable itself, then ``<variable>_derivative``
+    and ``<variable>_dispersion`` when asked; ``fir``: one
+    ``<variable>_delay_<d>`` per delay (the variable itself is not a column).
+    """
+    if model == "fir":
+        return [f"{variable}_delay_{int(d)}" for d in fir_delays]
+    return [variable] + [f"{variable}_{part}" for part in ("derivative", "dispersion") if f"+ {part}" in model]
+
+
+def _hrf_spec(hrf, where):
+    """(model, fir_delays) of a ``Model.HRF`` object, refusing what it cannot mean (UsageError)."""
+    from bids_group_app.errors import UsageError
+
+    if not isinstance(hrf, dict) or not isinstance(hrf.get("Variables"), list) or not hrf["Variables"] \
+            or not isinstance(hrf.get("Model"), str):
+        raise UsageError(f"{where}.HRF must be an object with Variables (a non-empty list of X columns) and "
+                         "Model (e.g. {\"Variables\": [\"trial_type.faces\"], \"Model\": \"spm\"})")
+    unknown = sorted(set(hrf) - {"Variables", "Model", "Parameters", "Description"})
+    if unknown:
+        raise UsageError(f"{where}.HRF.{unknown[0]} is not a Model.HRF key (Variables, Model, Parameters, "
+                         "Description)")
+    model = " + ".join(part.strip() for part in hrf["Model"].lower().split("+"))
+    if model not in HRF_MODELS:
+        raise UsageError(f"{where}.HRF.Model {hrf['Model']!r} is not supported; valid: {', '.join(HRF_MODELS)} "
+                         "(nilearn's HRF models)")
+    parameters = dict(hrf.get("Parameters") or {})
+    delays = parameters.pop("fir_delays", parameters.pop("FIRDelays", None))
+    if parameters:
+        raise UsageError(f"{where}.HRF.Parameters.{sorted(parameters)[0]} is not supported (nilearn's named HRF "
+                         "models take no parameters; 'fir' takes fir_delays)")
+    if model == "fir":
+        if not isinstance(delays, list) or not delays or not all(isinstance(d, int) and d >= 0 for d in delays):
+            raise UsageError(f"{where}.HRF.Model 'fir' needs Parameters.fir_delays: a list of delays in scans "
+                             "(integers >= 0), e.g. [0, 1, 2, 3]")
+    elif delays is not None:
+        raise UsageError(f"{where}.HRF.Parameters.fir_delays is for the 'fir' model, not {model!r}; remove it")
+    return model, delays or []
+
+
+def with_model_hrf(document, node_name):
+    """The model with the Run node's ``Model.HRF`` turned into a ``Convolve`` transformation.
+
+    The BIDS Stats Models ``Model.HRF`` (``Variables``, ``Model``,
+    ``Parameters``) convolves the named ``Model.X`` variables with an HRF.
+    It is run as the last transformation of the node, by
+    :class:`NilearnConvolve` (nilearn's ``compute_regressor`` at the frame
+    times), and every variable in ``Model.X`` is replaced by the columns the
+    HRF makes of it (:func:`hrf_columns`: derivatives and dispersions follow
+    it; FIR delays replace it).
+
+    Parameters
+    ----------
+    document : dict
+        The BIDS Stats Model (not modified).
+    node_name : str
+        The Run node's name.
+
+    Returns
+    -------
+    dict
+        A copy without ``Model.HRF`` in that node (the document itself when it has none).
+
+    Raises
+    ------
+    UsageError
+        A malformed HRF, an unknown model, a variable that is not in
+        ``Model.X`` or that a ``Convolve`` transformation already convolves,
+        or a contrast naming a variable that ``fir`` replaces.
+    """
+    import copy
+
+    from bids_group_app.errors import UsageError
+
+    index = next(i for i, n in enumerate(document["Nodes"]) if str(n.get("Name", f"node{i}")) == node_name)
+    if "HRF" not in (document["Nodes"][index].get("Model") or {}):
+        return document
+    document = copy.deepcopy(document)
+    node = document["Nodes"][index]
+    where = f"node '{node_name}' Model"
+    hrf = node["Model"].pop("HRF")
+    model, delays = _hrf_spec(hrf, where)
+    variables = [str(v) for v in hrf["Variables"]]
+    x = node["Model"].get("X") or []
+    absent = [v for v in variables if v not in x]
+    if absent:
+        raise UsageError(f"{where}.HRF.Variables names {', '.join(absent)}, not in Model.X; the variables to "
+                         "convolve must be columns of X")
+    instructions = (node.get("Transformations") or {}).get("Instructions") or []
+    twice = sorted({v for step in instructions if str(step.get("Name", "")).lower() == "convolve"
+                    for v in (step.get("Input") or []) if v in variables})
+    if twice:
+        raise UsageError(f"{where}.HRF convolves {', '.join(twice)}, which a Convolve transformation already "
+                         "convolves; keep one of the two")
+    if model == "fir":
+        named = sorted({c for con in node.get("Contrasts") or [] for c in con.get("ConditionList") or []
+                        if c in variables})
+        if named:
+            raise UsageError(f"a contrast names {', '.join(named)}, which Model.HRF 'fir' replaces by its delay "
+                             f"columns ({', '.join(hrf_columns(named[0], model, delays))}); name those instead")
+    node["Model"]["X"] = [c for v in x for c in (hrf_columns(v, model, delays) if v in variables else [v])]
+    step = {"Name": "Convolve", "Input": variables, "Model": model.split(" + ")[0],
+            "Derivative": "+ derivative" in model, "Dispersion": "+ dispersion" in model}
+    if model == "fir":
+        step["FIRDelays"] = delays
+    transformations = node.setdefault("Transformations", {"Transformer": "pybids-transforms-v1"})
+    transformations["Instructions"] = [*instructions, step]
+    return document
+
+
 def run_node(graph, name=None):
     """The Run node of a graph (the one named ``name``, else the root), with nilearn's Convolve.
 

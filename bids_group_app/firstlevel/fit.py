@@ -85,12 +85,16 @@ class ContrastMaps:
         return 1 if self.effect.ndim == 1 else self.effect.shape[0]
 
 
-def masked_data(bold, mask):
+def masked_data(bold, mask, smoothing_fwhm=None):
     """A run's BOLD time series inside ``mask``, as ``FirstLevelModel`` reads them.
 
     Parameters
     ----------
     bold, mask : str, pathlib.Path or nibabel image
+        A mask on another grid than the BOLD's is the grid the BOLD is
+        resampled to (nilearn's ``NiftiMasker``, as ``FirstLevelModel(mask_img=...)``).
+    smoothing_fwhm : float, optional
+        Gaussian smoothing of each volume (mm FWHM), as ``FirstLevelModel(smoothing_fwhm=...)``.
 
     Returns
     -------
@@ -98,7 +102,7 @@ def masked_data(bold, mask):
     """
     from nilearn.maskers import NiftiMasker
 
-    return NiftiMasker(mask_img=mask).fit().transform(bold)
+    return NiftiMasker(mask_img=mask, smoothing_fwhm=smoothing_fwhm or None).fit().transform(bold)
 
 
 def subject_mask(masks):

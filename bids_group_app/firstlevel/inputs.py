@@ -207,3 +207,52 @@ def find_runs(layout, subject, **filters):
     runs.sort(key=lambda r: tuple(str(r.entities.get(k, "")) for k in RUN_ENTITIES))
     LOGGER.info("sub-%s: %d run(s): %s", subject, len(runs), ", ".join(r.label for r in runs))
     return runs
+
+
+def model_mask(layout, run, mask_entities):
+    """The mask file a Run node's ``Model.Options.Mask`` names for one run.
+
+    ``Options.Mask`` gives BIDS entities of a mask file of the input dataset
+    (e.g. ``{"desc": "brain", "suffix": "mask"}``). Among the NIfTI files that
+    have those entities, a file matches the run when each of its run entities
+    (subject, session, task, acquisition, run, space) that it has equals the
+    run's; a file without them (one mask for the dataset) matches every run.
+    The matching file with the most run entities is taken.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    run : RunInputs
+    mask_entities : dict
+        Entity -> value (or list of values).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    MissingRunInputError
+        No file matches, or two match equally well (both named).
+    """
+    query = {k: v for k, v in mask_entities.items()}
+    query.setdefault("extension", [".nii", ".nii.gz"])
+    candidates = _files(layout, **query)
+    keys = (*RUN_ENTITIES, "space")
+
+    def fits(f):
+        return all(str(f.entities[k]) == str(run.entities[k]) for k in keys
+                   if k in f.entities and k in run.entities) and \
+            all(k in run.entities for k in keys if k in f.entities)
+
+    matching = [f for f in candidates if fits(f)]
+    wanted = ", ".join(f"{k}={v}" for k, v in mask_entities.items())
+    if not matching:
+        raise MissingRunInputError(f"{run.label}: no mask file with Model.Options.Mask entities ({wanted}) for "
+                                   f"this run; files with those entities: {_names(candidates)}")
+    best = max(sum(k in f.entities for k in keys) for f in matching)
+    top = [f for f in matching if sum(k in f.entities for k in keys) == best]
+    if len(top) > 1:
+        raise MissingRunInputError(f"{run.label}: {len(top)} mask files match Model.Options.Mask ({wanted}) equally: "
+                                   f"{_names(top)}; add an entity that tells them apart")
+    return Path(top[0].path)

@@ -109,8 +109,10 @@ def _lower_nodes(model):
 
 
 #: ``Model`` keys of a Run node the participant level runs (others are refused by name: nothing silently ignored).
-RUN_MODEL_KEYS = {"X", "Type", "Formula", "Options", "Description", "Software"}
-RUN_OPTIONS = {"HighPassFilterCutoffHz", "Description"}
+RUN_MODEL_KEYS = {"X", "Type", "Formula", "HRF", "Options", "Description", "Software"}
+RUN_OPTIONS = {"HighPassFilterCutoffHz", "Mask", "Description"}
+#: ``Model.Software.bids_group_app`` keys a Run node may give.
+RUN_SOFTWARE = {"SmoothingFWHM"}
 
 
 def _check_run_node(document, name):
@@ -119,15 +121,36 @@ def _check_run_node(document, name):
     model = raw.get("Model") or {}
     where = f"node '{name}' Model"
     for key in sorted(set(model) - RUN_MODEL_KEYS):
-        hint = "; use a Convolve transformation" if key == "HRF" else ""
-        raise UsageError(f"{where}.{key} is not supported at the participant level yet{hint}; remove it")
+        raise UsageError(f"{where}.{key} is not supported at the participant level yet; remove it")
     for key in sorted(set(model.get("Options") or {}) - RUN_OPTIONS):
-        raise UsageError(f"{where}.Options.{key} is not supported at the participant level yet (only "
-                         "HighPassFilterCutoffHz: a cosine drift); remove it")
+        raise UsageError(f"{where}.Options.{key} is not supported at the participant level yet (supported: "
+                         f"{', '.join(sorted(RUN_OPTIONS - {'Description'}))}); remove it")
+    mask = (model.get("Options") or {}).get("Mask")
+    if mask is not None and (not isinstance(mask, dict) or not mask):
+        raise UsageError(f"{where}.Options.Mask must be BIDS entities of a mask file, e.g. "
+                         '{"desc": "brain", "suffix": "mask"}')
+    software = (model.get("Software") or {}).get("bids_group_app") or {}
+    for key in sorted(set(software) - RUN_SOFTWARE):
+        raise UsageError(f"{where}.Software.bids_group_app.{key} is not a Run-node setting (supported: "
+                         f"{', '.join(sorted(RUN_SOFTWARE))}); remove it")
     if str(model.get("Type", "glm")).lower() != "glm":
         raise UsageError(f"{where}.Type is {model.get('Type')!r}; a Run node is a 'glm'")
     if model.get("Formula"):
         raise UsageError(f"{where}.Formula is not supported at the participant level yet; list the columns in X")
+
+
+def _smoothing(config, document, name):
+    """Run-level smoothing FWHM (mm): ``--smoothing-fwhm``, else the Run node's ``SmoothingFWHM``, else none."""
+    if config.estimation.smoothing_fwhm is not None:
+        return float(config.estimation.smoothing_fwhm)
+    raw = next(n for i, n in enumerate(document["Nodes"]) if str(n.get("Name", f"node{i}")) == name)
+    value = (((raw.get("Model") or {}).get("Software") or {}).get("bids_group_app") or {}).get("SmoothingFWHM")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UsageError(f"node '{name}' Model.Software.bids_group_app.SmoothingFWHM={value!r} is not valid; "
+                         "expected a number of mm >= 0")
+    return float(value)
 
 
 def _run_entities(run):
@@ -237,15 +260,19 @@ def _subject_level(writer, mask_img, node, edge, pairs, fits, sidecar):
     return written
 
 
-def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions, report=True):
+def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions, report=True, mask=None,
+                     smoothing_fwhm=None):
     """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`), and its report unless
-    ``report`` is False; returns the number of contrasts written."""
+    ``report`` is False; returns the number of contrasts written. ``mask``: the Run node's ``Options.Mask``
+    entities (default: each run's fMRIPrep brain mask); ``smoothing_fwhm``: mm, before fitting."""
     from bids_group_app.firstlevel.design import build_graph, run_designs
     from bids_group_app.firstlevel.fit import fit_subject, masked_data, subject_mask
-    from bids_group_app.firstlevel.inputs import find_runs
+    from bids_group_app.firstlevel.inputs import find_runs, model_mask
 
     run_node, fed = nodes
     runs = find_runs(layout, subject, **filters)
+    if mask:
+        runs = [replace(run, mask=model_mask(layout, run, mask)) for run in runs]
     graph = build_graph(layout, json.loads(json.dumps(document)), subject, **filters)
     designs = run_designs(graph, subject, node=run_node.name)
     if not designs:
@@ -253,10 +280,11 @@ def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions
                                    f"(runs found: {', '.join(r.label for r in runs)})")
     pairs = _match_runs(runs, designs)
     mask_img = subject_mask([run.mask for run, _ in pairs])
-    data = [masked_data(run.bold, mask_img) for run, _ in pairs]
+    data = [masked_data(run.bold, mask_img, smoothing_fwhm) for run, _ in pairs]
     contrasts = designs[0].contrasts
     fits = fit_subject(data, [d for _, d in pairs], contrasts)
-    sidecar = {"SoftwareVersions": versions}
+    sidecar = {"SoftwareVersions": versions, "SmoothingFWHM": smoothing_fwhm,
+               "Mask": sorted({str(run.mask) for run, _ in pairs})}
     written, design_files = 0, []
     for index, (run, design) in enumerate(pairs):
         entities = _run_entities(run)
@@ -293,10 +321,16 @@ def run_participant(config, argv=None):
     from bids_group_app.firstlevel.inputs import load_layout
 
     bids_dir, output_dir = check_paths(config.inputs)
+    from bids_group_app.firstlevel.design import with_model_hrf
+
     model = load_model(config.model.model, require_dataset=False)
     document = model.document
     nodes = _lower_nodes(model)
     _check_run_node(document, nodes[0].name)
+    fitted = with_model_hrf(document, nodes[0].name)
+    run_raw = next(n for i, n in enumerate(document["Nodes"]) if str(n.get("Name", f"node{i}")) == nodes[0].name)
+    mask = ((run_raw.get("Model") or {}).get("Options") or {}).get("Mask")
+    smoothing_fwhm = _smoothing(config, document, nodes[0].name)
     derivatives = list(config.inputs.derivatives)
     if len(derivatives) > 1:
         raise UsageError("the participant level reads one fMRIPrep folder: give one --derivatives DIR")
@@ -306,8 +340,8 @@ def run_participant(config, argv=None):
     versions = software_versions()
     with OutputWriter(output_dir) as writer:
         for subject in subjects:
-            _fit_one_subject(writer, layout, document, nodes, subject, filters, versions,
-                             report=not config.reports.no_reports)
+            _fit_one_subject(writer, layout, fitted, nodes, subject, filters, versions,
+                             report=not config.reports.no_reports, mask=mask, smoothing_fwhm=smoothing_fwhm)
         with output_lock(output_dir):
             recover(output_dir)
             writer.json(config_file(time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6]), {

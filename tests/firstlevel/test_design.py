@@ -99,3 +99,74 @@ def test_pybids_own_convolve_differs_from_nilearn(fmriprep_layout):
     ours = designs(fmriprep_layout, copy.deepcopy(SEED003_MODEL))[0].matrix
     diff = np.abs(native["trial_type.faces"].to_numpy() - ours["trial_type.faces"].to_numpy())
     assert diff.max() > 0.1 * np.abs(ours["trial_type.faces"]).max()
+
+
+def _hrf_model(hrf):
+    """Seed 003's Run node with Model.HRF instead of its Convolve transformation."""
+    from bids_group_app.firstlevel.design import with_model_hrf
+
+    model = copy.deepcopy(SEED003_MODEL)
+    node = model["Nodes"][0]
+    node["Transformations"]["Instructions"] = [{"Name": "Factor", "Input": ["trial_type"]}]
+    node["Model"]["X"] = ["trial_type.faces", "trial_type.scrambled"] + [
+        x for x in node["Model"]["X"] if not str(x).startswith("trial_type")]
+    node["Model"]["HRF"] = {"Variables": ["trial_type.faces", "trial_type.scrambled"], **hrf}
+    if hrf["Model"] == "fir":
+        node["Contrasts"] = [{"Name": "faces0", "ConditionList": ["trial_type.faces_delay_0"], "Weights": [1],
+                              "Test": "t"}]
+    return with_model_hrf(model, node["Name"]), model
+
+
+@pytest.mark.parametrize("hrf, columns", [
+    ({"Model": "glover + derivative"}, ["faces", "faces_derivative", "scrambled", "scrambled_derivative"]),
+    ({"Model": "SPM + derivative + dispersion"}, ["faces", "faces_derivative", "faces_dispersion", "scrambled",
+                                                  "scrambled_derivative", "scrambled_dispersion"]),
+    ({"Model": "fir", "Parameters": {"fir_delays": [0, 1, 2]}},
+     ["faces_delay_0", "faces_delay_1", "faces_delay_2", "scrambled_delay_0", "scrambled_delay_1",
+      "scrambled_delay_2"]),
+])
+def test_model_hrf_columns_equal_nilearn(fmriprep_layout, hrf, columns):
+    """Model.HRF convolves its Variables with nilearn's HRF model (derivatives and FIR delays as nilearn names
+    and computes them), as nilearn's make_first_level_design_matrix does from the events alone."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    from bids_group_app.firstlevel.inputs import find_runs
+
+    rewritten, original = _hrf_model(hrf)
+    assert "HRF" in original["Nodes"][0]["Model"] and "HRF" not in rewritten["Nodes"][0]["Model"]
+    run = designs(fmriprep_layout, rewritten)[0]
+    assert list(run.matrix.columns[:len(columns)]) == [f"trial_type.{c}" for c in columns]
+    files = find_runs(fmriprep_layout, "01", space=SPACE)[0]
+    events = pd.read_csv(files.events, sep="\t")[["onset", "duration", "trial_type"]]
+    model = hrf["Model"].lower()
+    reference = make_first_level_design_matrix(run.frame_times, events, hrf_model=model, drift_model=None,
+                                               fir_delays=(hrf.get("Parameters") or {}).get("fir_delays", [0]))
+    for c in columns:
+        np.testing.assert_allclose(run.matrix[f"trial_type.{c}"], reference[c], rtol=0, atol=1e-12, err_msg=c)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n: n["Model"]["HRF"].update(Model="afni"), "HRF.Model 'afni' is not supported; valid: spm"),
+    (lambda n: n["Model"]["HRF"].update(Variables=["rt"]), "HRF.Variables names rt, not in Model.X"),
+    (lambda n: n["Model"]["HRF"].update(Model="fir"), "'fir' needs Parameters.fir_delays"),
+    (lambda n: n["Model"]["HRF"].update(Parameters={"PeakDelay": 6}), "HRF.Parameters.PeakDelay is not supported"),
+    (lambda n: n["Model"]["HRF"].update(Parameters={"fir_delays": [0, 1]}), "fir_delays is for the 'fir' model"),
+    (lambda n: n["Model"]["HRF"].update(Delay=1), "HRF.Delay is not a Model.HRF key"),
+    (lambda n: n["Model"]["HRF"].update(Model="fir", Parameters={"fir_delays": [0, 1]}),
+     "a contrast names trial_type.faces, trial_type.scrambled, which Model.HRF 'fir' replaces"),
+    (lambda n: n["Transformations"]["Instructions"].append(
+        {"Name": "Convolve", "Input": ["trial_type.faces"], "Model": "spm"}),
+     "convolves trial_type.faces, which a Convolve transformation already convolves"),
+])
+def test_model_hrf_refusals_name_the_problem(change, message):
+    from bids_group_app.errors import UsageError
+    from bids_group_app.firstlevel.design import with_model_hrf
+
+    model = copy.deepcopy(SEED003_MODEL)
+    node = model["Nodes"][0]
+    node["Transformations"]["Instructions"] = [{"Name": "Factor", "Input": ["trial_type"]}]
+    node["Model"]["X"] = ["trial_type.faces", "trial_type.scrambled", 1]
+    node["Model"]["HRF"] = {"Variables": ["trial_type.faces", "trial_type.scrambled"], "Model": "spm"}
+    change(node)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        with_model_hrf(model, node["Name"])

@@ -168,14 +168,17 @@ def test_participant_errors_are_one_line_with_bids_exit_codes(fmriprep, tmp_path
     code, err = _cli(fmriprep["root"], out, "participant", "--model", tmp_path / "two.json")
     assert code == 64 and "one Run node" in err
     # what the participant level does not do is refused by name, not ignored
-    for key, value, fragment in [("HRF", {"Variables": ["trial_type.faces"], "Model": "spm"}, "Model.HRF"),
-                                 ("Options", {"HighPassFilterCutoffHz": 0.01, "Mask": {"desc": "brain"}},
-                                  "Model.Options.Mask")]:
+    for key, value, fragment in [
+            ("HRF", {"Variables": ["trial_type.faces"], "Model": "afni"}, "Model.HRF.Model 'afni' is not supported"),
+            ("HRF", {"Variables": ["rt"], "Model": "spm"}, "Model.HRF.Variables names rt, not in Model.X"),
+            ("Options", {"HighPassFilterCutoffHz": 0.01, "LowPassFilterCutoffHz": 0.1},
+             "Model.Options.LowPassFilterCutoffHz is not supported at the participant level"),
+            ("Software", {"bids_group_app": {"TFCE": True}}, "Software.bids_group_app.TFCE is not a Run-node setting")]:
         document = json.loads(json.dumps(FMRIPREP_MODEL))
         document["Nodes"][0]["Model"][key] = value
         (tmp_path / "bad.json").write_text(json.dumps(document))
         code, err = _cli(fmriprep["root"], out, "participant", "--model", tmp_path / "bad.json")
-        assert code == 64 and fragment in err and "not supported at the participant level" in err, err
+        assert code == 64 and fragment in err and len(err.strip().splitlines()) == 1, err
     # a run without its events: 66, naming the run; nothing written
     root = tmp_path / "ds"
     shutil.copytree(fmriprep["root"], root)
@@ -183,3 +186,57 @@ def test_participant_errors_are_one_line_with_bids_exit_codes(fmriprep, tmp_path
     code, err = _cli(root, out, "participant", "--model", fmriprep["model"], "--participant-label", "02")
     assert code == 66 and "events" in err and "run-1" in err, err
     assert not out.exists() or not list(out.rglob("*.nii.gz"))
+
+
+def test_model_hrf_options_mask_and_smoothing_equal_nilearn(fmriprep, tmp_path):
+    """Model.HRF (instead of a Convolve transformation), Model.Options.Mask (a mask file of the fMRIPrep
+    derivatives, found by its entities) and --smoothing-fwhm give the subject maps of nilearn's
+    FirstLevelModel(mask_img=that mask, smoothing_fwhm=6) on both runs, to 1e-5; nothing outside the mask."""
+    from nilearn.glm.first_level import FirstLevelModel
+
+    from bids_group_app.firstlevel.inputs import find_runs, load_layout
+
+    root = tmp_path / "ds"
+    shutil.copytree(fmriprep["root"], root)
+    brain = nib.load(str(next((root / "derivatives" / "fmriprep" / "sub-01" / "func").glob("*run-1*_mask.nii.gz"))))
+    roi = np.zeros(brain.shape, dtype=np.uint8)
+    roi[: brain.shape[0] // 2] = np.asarray(brain.dataobj)[: brain.shape[0] // 2] != 0  # the left half of the brain
+    roi_path = root / "derivatives" / "fmriprep" / f"space-{SPACE}_desc-roi_mask.nii.gz"
+    nib.Nifti1Image(roi, brain.affine).to_filename(str(roi_path))
+    document = json.loads(json.dumps(FMRIPREP_MODEL))
+    run = document["Nodes"][0]
+    run["Transformations"]["Instructions"] = [{"Name": "Factor", "Input": ["trial_type"]}]
+    run["Model"]["X"] = ["trial_type.faces", "trial_type.scrambled"] + [
+        x for x in run["Model"]["X"] if not str(x).startswith("trial_type")]
+    run["Model"]["HRF"] = {"Variables": ["trial_type.faces", "trial_type.scrambled"], "Model": "spm + derivative"}
+    run["Model"]["Options"]["Mask"] = {"desc": "roi", "suffix": "mask"}
+    (tmp_path / "model.json").write_text(json.dumps(document))
+    out = tmp_path / "out"
+    code, err = _cli(root, out, "participant", "--model", tmp_path / "model.json", "--participant-label", "01",
+                     "--smoothing-fwhm", "6", "--no-reports", "--quiet")
+    assert code == 0, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = find_runs(load_layout(root), "01", space=SPACE)
+        designs = [nilearn_design(r) for r in runs]
+        reference = FirstLevelModel(mask_img=str(roi_path), smoothing_fwhm=6).fit(
+            [str(r.bold) for r in runs], design_matrices=designs)
+        columns = list(designs[0].columns)
+        weights = np.zeros(len(columns))
+        weights[columns.index("faces")], weights[columns.index("scrambled")] = 1, -1
+        maps = reference.compute_contrast(weights, output_type="all")
+    inside = roi != 0
+    for stat, key in (("effect", "effect_size"), ("variance", "effect_variance"), ("z", "z_score")):
+        path = _subject_map(out, "01", "facesScrambled", stat)
+        ours = np.asarray(nib.load(str(path)).dataobj)
+        ref = np.asarray(maps[key].dataobj)[inside]
+        np.testing.assert_allclose(ours[inside], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=stat)
+        assert not ours[~inside].any(), f"{stat}: values outside Options.Mask"
+    sidecar = json.loads(_subject_map(out, "01", "facesScrambled", "t").with_suffix("").with_suffix(".json").read_text())
+    assert sidecar["SmoothingFWHM"] == 6.0 and sidecar["Mask"] == [str(roi_path)]
+    # a Mask that names no file: 66, naming the entities and the run
+    run["Model"]["Options"]["Mask"] = {"desc": "nothing", "suffix": "mask"}
+    (tmp_path / "model.json").write_text(json.dumps(document))
+    code, err = _cli(root, tmp_path / "out2", "participant", "--model", tmp_path / "model.json",
+                     "--participant-label", "01")
+    assert code == 66 and "desc=nothing" in err and "run-1" in err and len(err.strip().splitlines()) == 1, err
