@@ -4,7 +4,7 @@ This stage sits between the planned cell (:mod:`bids_group_app.model.design`,
 :mod:`bids_group_app.inputs.data_matrix`) and the outputs: it chooses the
 shufflings (scheme, exchangeability blocks) from the node's resolved settings,
 runs :mod:`bids_group_app.stats.permutation` on a
-:class:`~bids_group_app.stats.geometry.VolumeGeometry` for each contrast (or
+the data matrix's geometry (voxels of the mask, or vertices of a mesh) for each contrast (or
 one shard of it, or merges saved shards), and turns observed statistics and
 null distributions into the ``stat-logp*``, ``stat-tfce``,
 ``stat-size``/``stat-mass`` maps, the null-distribution tables and the
@@ -29,7 +29,6 @@ from bids_group_app.errors import DataError, UsageError
 from bids_group_app.outputs.naming import FWE_KINDS
 from bids_group_app.stats.permutation import TIE_TOLERANCE, ContrastTest, Settings, choose_scheme, p_values, cluster_maps
 from bids_group_app.stats.shuffling import count_shufflings, make_shufflings, shuffling_memory
-from bids_group_app.stats.geometry import VolumeGeometry
 
 LOGGER = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -206,7 +205,7 @@ def run_contrast(dm, cell, contrast, shufflings, blocks, config, cell_key):
     """
     settings = engine_settings(cell.settings, config.resources.n_cpus)
     work_dir = config.resources.work_dir
-    geometry = VolumeGeometry(np.asarray(dm.mask_img.dataobj, dtype=bool), settings.connectivity)
+    geometry = dm.geometry(settings.connectivity)
     test = ContrastTest(dm.Y, cell.design.matrix.to_numpy(), contrast.weights, contrast.test, geometry,
                         shufflings, settings, blocks.labels)
     shard_key = _key(test, cell_key, contrast, shufflings, settings)

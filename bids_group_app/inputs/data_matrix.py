@@ -60,6 +60,37 @@ class DataMatrix:
     resampled: list
     excluded_zero_variance: int = 0
 
+    #: What the maps live on (a surface data matrix says ``"gifti"`` or ``"cifti"``).
+    kind = "volume"
+
+    def images(self, values):
+        """Images of masked values: ``[(hemi, extension, image)]`` (one NIfTI volume, ``hemi`` None)."""
+        return [(None, ".nii.gz", self.masker.inverse_transform(values))]
+
+    def mask_images(self):
+        """The mask as ``[(hemi, extension, image)]``."""
+        return [(None, ".nii.gz", self.mask_img)]
+
+    def transform(self, paths):
+        """Other maps (e.g. variances) of the cell's grid, masked and smoothed as ``Y``: ``(n, n_voxels)``."""
+        return self.masker.transform(paths)
+
+    def geometry(self, connectivity):
+        """The :class:`~bids_group_app.stats.geometry.VolumeGeometry` of the mask."""
+        from bids_group_app.stats.geometry import VolumeGeometry
+
+        return VolumeGeometry(np.asarray(self.mask_img.dataobj, dtype=bool), connectivity)
+
+    def without(self, excluded):
+        """The same data with the voxels ``excluded`` (bool over the columns of ``Y``) left out of the mask."""
+        mask_data = np.asarray(self.mask_img.dataobj) != 0
+        mask_data[mask_data] = ~excluded  # the masker's voxel order is the mask's C order
+        mask_img = nib.Nifti1Image(mask_data.astype(np.uint8), self.mask_img.affine)
+        masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=self.masker.smoothing_fwhm, standardize=None)
+        masker.fit()
+        return DataMatrix(Y=self.Y[:, ~excluded], masker=masker, mask_img=mask_img, resampled=self.resampled,
+                          excluded_zero_variance=int(excluded.sum()))
+
 
 def load_map(path):
     """Load one map as float32 3-D data with its affine.
@@ -237,10 +268,4 @@ def exclude_zero_variance(dm, X, cell):
     LOGGER.warning("%s: %d voxels have no residual variance under the design (the same value in every map, or "
                    "fitted exactly by it); they are left out of the mask, as t and F are undefined there",
                    cell, n_flat)
-    mask_data = np.asarray(dm.mask_img.dataobj) != 0
-    mask_data[mask_data] = ~flat  # the masker's voxel order is the mask's C order
-    mask_img = nib.Nifti1Image(mask_data.astype(np.uint8), dm.mask_img.affine)
-    masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=dm.masker.smoothing_fwhm, standardize=None)
-    masker.fit()
-    return DataMatrix(Y=dm.Y[:, ~flat], masker=masker, mask_img=mask_img, resampled=dm.resampled,
-                      excluded_zero_variance=n_flat)
+    return dm.without(flat)

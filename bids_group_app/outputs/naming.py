@@ -71,8 +71,8 @@ ENTITY_KEYS = {
     "node": "innode",
 }
 #: Entities of an output name that are not GroupBy values, in their order.
-RESERVED = ("model", "node", "contrast", "stat", "thresh")
-EXTENSIONS = (".nii.gz", ".json", ".tsv", ".png", ".html", ".npz")
+RESERVED = ("model", "node", "hemi", "contrast", "stat", "thresh")
+EXTENSIONS = (".nii.gz", ".func.gii", ".dscalar.nii", ".json", ".tsv", ".png", ".html", ".npz")
 #: Longest label kept whole; longer ones are cut (see :func:`cap_label`).
 LABEL_LIMIT = 46
 _HASH_DIGITS = 8
@@ -270,13 +270,15 @@ class CellNames:
         """``<cell>_design.tsv|.json``."""
         return self._name((), "design", extension)
 
-    def mask(self):
-        """``<cell>_mask.nii.gz``."""
-        return self._name((), "mask", ".nii.gz")
+    def mask(self, extension=".nii.gz", hemi=None):
+        """``<cell>_mask.nii.gz`` (``<cell>_hemi-<L|R>_mask.func.gii`` on a surface)."""
+        return self._name((("hemi", hemi),) if hemi else (), "mask", extension)
 
-    def statmap(self, contrast, stat, thresh=None, extension=".nii.gz"):
-        """A statistic map (thresholded with ``thresh``) of a contrast, or its sidecar."""
-        extra = (("contrast", sanitize_label(contrast)), ("stat", stat)) + ((("thresh", thresh),) if thresh else ())
+    def statmap(self, contrast, stat, thresh=None, extension=".nii.gz", hemi=None):
+        """A statistic map (thresholded with ``thresh``) of a contrast, or its sidecar; ``hemi``: the
+        hemisphere of a GIFTI map (``L``/``R``)."""
+        extra = ((("hemi", hemi),) if hemi else ()) + (("contrast", sanitize_label(contrast)), ("stat", stat)) + (
+            (("thresh", thresh),) if thresh else ())
         return self._name(extra, "statmap", extension)
 
     def clusters(self, contrast, thresh, extension=".tsv"):

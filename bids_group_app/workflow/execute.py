@@ -48,10 +48,17 @@ from bids_group_app.workflow.sidecars import (
 LOGGER = logging.getLogger(__name__)
 
 
-def _write_thresholded(writer, names, contrast, stat, thresh, img, clusters, sidecar):
+def _write_images(writer, relpath, images, sidecar):
+    """Stage the images of one map (``[(hemi, extension, image)]``, see ``DataMatrix.images``), each with
+    its sidecar; ``relpath(extension, hemi)`` names them."""
+    for hemi, extension, img in images:
+        writer.image(relpath(extension, hemi), img)
+        writer.json(relpath(".json", hemi), sidecar)
+
+
+def _write_thresholded(writer, names, contrast, stat, thresh, images, clusters, sidecar):
     """A thresholded statistic map, its cluster table, and their sidecars."""
-    writer.image(names.statmap(contrast, stat, thresh), img)
-    writer.json(names.statmap(contrast, stat, thresh, ".json"), sidecar)
+    _write_images(writer, lambda ext, hemi: names.statmap(contrast, stat, thresh, ext, hemi), images, sidecar)
     writer.table(names.clusters(contrast, thresh), clusters)
     writer.json(names.clusters(contrast, thresh, ".json"), clusters_sidecar(sidecar))
 
@@ -59,8 +66,8 @@ def _write_thresholded(writer, names, contrast, stat, thresh, img, clusters, sid
 def _write_maps(writer, names, contrast, dm, maps, sidecar):
     """The unthresholded maps of a contrast (``{stat: masked values}``), each with ``sidecar`` and its Statistic."""
     for stat, values in maps.items():
-        writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values.astype(np.float32)))
-        writer.json(names.statmap(contrast.name, stat, extension=".json"), {"Statistic": stat, **sidecar})
+        _write_images(writer, lambda ext, hemi: names.statmap(contrast.name, stat, extension=ext, hemi=hemi),
+                      dm.images(values.astype(np.float32)), {"Statistic": stat, **sidecar})
 
 
 def _write_z_threshold(writer, names, cell, dm, contrast, z, two_sided, sidecar):
@@ -73,8 +80,9 @@ def _write_z_threshold(writer, names, cell, dm, contrast, z, two_sided, sidecar)
     )
     if thresholded is not None:
         img = nib.Nifti1Image(np.asarray(thresholded.img.dataobj, dtype=np.float32), dm.mask_img.affine)
-        _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control), img,
-                           thresholded.clusters, {"Statistic": "z", **sidecar, **thresholded.describe()})
+        _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control),
+                           [(None, ".nii.gz", img)], thresholded.clusters,
+                           {"Statistic": "z", **sidecar, **thresholded.describe()})
 
 
 def _write_parametric(writer, names, cell, dm, labels, results, contrast, common):
@@ -91,9 +99,8 @@ def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric
     perm_about = nonparametric.describe(test, shufflings, blocks, nonparametric.engine_settings(cell.settings), settings.seed)
     maps, p = nonparametric.permutation_maps(test, null)
     for stat, values in maps.items():
-        writer.image(names.statmap(contrast.name, stat), dm.masker.inverse_transform(values))
-        writer.json(names.statmap(contrast.name, stat, extension=".json"),
-                    {"Statistic": stat, **about, **perm_about, **common})
+        _write_images(writer, lambda ext, hemi: names.statmap(contrast.name, stat, extension=ext, hemi=hemi),
+                      dm.images(values), {"Statistic": stat, **about, **perm_about, **common})
     writer.table(names.nulldist(contrast.name), nonparametric.null_table(test, null))
     writer.json(names.nulldist(contrast.name, ".json"), nulldist_sidecar(about, perm_about))
     stat_name = contrast.test
@@ -102,9 +109,9 @@ def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric
             continue
         keep = p[f"p{kind.label}"] <= settings.fwe_alpha
         values = np.where(keep, parametric.stat, 0.0).astype(np.float32)  # the values of the stat-t/F map
-        img = dm.masker.inverse_transform(values)
-        clusters = threshold_table(img, connectivity=settings.connectivity)
-        _write_thresholded(writer, names, contrast.name, stat_name, kind.label, img, clusters, {
+        images = dm.images(values)
+        clusters = threshold_table(images[0][2], connectivity=settings.connectivity)
+        _write_thresholded(writer, names, contrast.name, stat_name, kind.label, images, clusters, {
             "Statistic": stat_name, "Thresholding": kind.description, "FWEAlpha": settings.fwe_alpha,
             "Connectivity": settings.connectivity,
             "Atlas": atlas_provenance(),
@@ -208,11 +215,12 @@ def _write_cell(writer, cell, plan_, config, versions, staged=None):
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy()) if fitted else (None, None)
     variances = None
     if len(fitted) < len(design.contrasts):
-        variances = dm.masker.transform([(staged or {}).get(p, p) for p in design.rows["_variance"]])
+        variances = dm.transform([(staged or {}).get(p, p) for p in design.rows["_variance"]])
     common = {**design_sidecar(cell, plan_, dm), "SoftwareVersions": versions}
     writer.table(names.design(), design.matrix)
     writer.json(names.design(".json"), common)
-    writer.image(names.mask(), dm.mask_img)
+    for hemi, extension, img in dm.mask_images():
+        writer.image(names.mask(extension, hemi), img)
     n_perm = cell.settings.permutation.n_perm if tested else 0
     if cell.settings.permutation.n_perm and len(tested) < len(design.contrasts):
         LOGGER.info("node '%s': contrasts %s are not permuted (Test FEMA or pass)", cell.node.name,
