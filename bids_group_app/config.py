@@ -220,6 +220,10 @@ DEFAULTS = AnalysisSettings(
                       seed=0, fwe_alpha=0.05, shuffle="auto", exchangeability_blocks=None, whole_block=False),
 )
 
+#: Defaults for maps on a surface mesh: TFCE with E=1, H=2 (Smith & Nichols 2009; PALM's ``-tfce2D``).
+SURFACE_DEFAULTS = dataclasses.replace(
+    DEFAULTS, permutation=dataclasses.replace(DEFAULTS.permutation, tfce_e=1.0, tfce_h=2.0))
+
 #: ``Model.Software.bids_group_app`` keys of the analysis settings: (group, option) → key.
 SOFTWARE_KEYS = {
     ("estimation", "mask"): "Mask",
@@ -245,7 +249,7 @@ OPTIONAL_SETTINGS = {("estimation", "mask"), ("estimation", "smoothing_fwhm"),
                      ("permutation", "cluster_forming_p"), ("permutation", "exchangeability_blocks")}
 
 
-def node_settings(config, software):
+def node_settings(config, software, defaults=DEFAULTS):
     """Resolve the analysis settings of one node.
 
     Parameters
@@ -253,6 +257,8 @@ def node_settings(config, software):
     config : Config
     software : dict
         The node's ``Model.Software.bids_group_app`` (may be empty).
+    defaults : AnalysisSettings
+        :data:`DEFAULTS`, or :data:`SURFACE_DEFAULTS` for maps on a mesh.
 
     Returns
     -------
@@ -263,7 +269,7 @@ def node_settings(config, software):
     """
     resolved = {}
     for group in ("estimation", "parametric", "permutation"):
-        given, default = getattr(config, group), getattr(DEFAULTS, group)
+        given, default = getattr(config, group), getattr(defaults, group)
         values = {}
         for f in fields(given):
             key = SOFTWARE_KEYS.get((group, f.name))

@@ -51,6 +51,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bids_group_app.errors import (
@@ -65,7 +66,11 @@ LOGGER = logging.getLogger(__name__)
 
 #: Extensions of the image files that are indexed as maps.  ``.img`` is an
 #: Analyze/NIfTI-pair image; its ``.hdr`` header is not a separate input.
-IMAGE_EXTENSIONS = (".nii", ".nii.gz", ".img")
+IMAGE_EXTENSIONS = (".nii", ".nii.gz", ".img", ".func.gii", ".dscalar.nii")
+#: Surface maps stored one file per hemisphere (``hemi-L``/``hemi-R``), paired into one map.
+HEMISPHERE_EXTENSIONS = (".func.gii",)
+#: Maps on a surface mesh (GIFTI per hemisphere; CIFTI-2 dense scalars).
+SURFACE_EXTENSIONS = (".func.gii", ".dscalar.nii")
 
 #: Entities whose labels are numeric indices: ``run-1`` and ``run-01`` match.
 INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk"})
@@ -330,7 +335,52 @@ def index_maps(bids_dir, derivatives, *, database_dir=None) -> pd.DataFrame:
             f"no image ({', '.join(IMAGE_EXTENSIONS)}) with a sub-<label> "
             f"entity in its file name found in the derivatives: {searched}"
         )
-    return _records_to_table(records, [e["name"] for e in config["entities"]])
+    return pair_hemispheres(_records_to_table(records, [e["name"] for e in config["entities"]]))
+
+
+def right_hemisphere(path) -> Path:
+    """The ``hemi-R`` file of a GIFTI map named by its ``hemi-L`` file (see :func:`pair_hemispheres`)."""
+    path = Path(path)
+    return path.with_name(path.name.replace("_hemi-L_", "_hemi-R_", 1))
+
+
+def pair_hemispheres(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per GIFTI map: its ``hemi-L`` and ``hemi-R`` files are one map of both hemispheres.
+
+    A map is the left file's row with ``hemi`` emptied (NaN): its ``path``
+    names the left file, and the right file has the same name with
+    ``hemi-R`` (:func:`right_hemisphere`). Volume and CIFTI rows are kept
+    as they are.
+
+    Raises
+    ------
+    MissingInputError
+        A GIFTI map without ``hemi-L``/``hemi-R`` in its name, or one whose
+        other hemisphere is missing (both named).
+    """
+    if "extension" not in table.columns:
+        return table
+    gifti = table["extension"].isin(HEMISPHERE_EXTENSIONS).to_numpy()
+    if not gifti.any():
+        return table
+    hemi = table["hemi"].astype(str) if "hemi" in table.columns else pd.Series("nan", index=table.index)
+    paths = set(table["path"])
+    drop = []
+    for i in np.flatnonzero(gifti):
+        path, side = table["path"].iloc[i], hemi.iloc[i]
+        name = Path(path).name
+        if side not in ("L", "R") or f"_hemi-{side}_" not in name:
+            raise MissingInputError(f"{path}: a GIFTI map needs hemi-L or hemi-R in its name (one file per "
+                                    "hemisphere, e.g. sub-01_hemi-L_space-fsaverage5_..._statmap.func.gii)")
+        other = name.replace(f"_hemi-{side}_", f"_hemi-{'R' if side == 'L' else 'L'}_", 1)
+        if str(Path(path).with_name(other)) not in paths:
+            raise MissingInputError(f"{path} has no other hemisphere: {other} is missing; a surface map is "
+                                    "analysed over both hemispheres (give both files)")
+        if side == "R":
+            drop.append(table.index[i])
+    paired = table.drop(index=drop)
+    paired.loc[paired["extension"].isin(HEMISPHERE_EXTENSIONS), "hemi"] = np.nan
+    return paired.reset_index(drop=True)
 
 
 def _index_dataset(root: Path, config: dict, config_text: str,

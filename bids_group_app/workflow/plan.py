@@ -38,7 +38,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from bids_group_app.config import SOFTWARE_KEY, AnalysisSettings, check_settings, node_settings, software_options
+from bids_group_app.config import (
+    DEFAULTS,
+    SOFTWARE_KEY,
+    SURFACE_DEFAULTS,
+    AnalysisSettings,
+    check_settings,
+    node_settings,
+    software_options,
+)
 from bids_group_app.errors import (
     DataError,
     MissingInputError,
@@ -543,9 +551,10 @@ def _routes(model, table):
     return routes if any(r is not None for r in routes.values()) else None
 
 
-def _pin_settings(document, config):
+def _pin_settings(document, config, surface=False):
     """Resolve each Dataset node's analysis settings and write them into the
-    document (``Model.Software.bids_group_app``), so the saved model pins them.
+    document (``Model.Software.bids_group_app``), so the saved model pins them
+    (``surface``: the maps are on a mesh, see :data:`~bids_group_app.config.SURFACE_DEFAULTS`).
 
     Returns
     -------
@@ -562,7 +571,7 @@ def _pin_settings(document, config):
         own = software.get(SOFTWARE_KEY) or {}
         if not isinstance(own, dict):
             raise UsageError(f"node '{node.get('Name')}': Model.Software.{SOFTWARE_KEY} must be an object, got {own!r}")
-        resolved = node_settings(config, own)
+        resolved = node_settings(config, own, SURFACE_DEFAULTS if surface else DEFAULTS)
         check_settings(resolved, f"node '{node.get('Name')}'")
         sharded = config.permutation.perm_shard or config.permutation.merge_perm_shards
         if sharded and not resolved.permutation.n_perm:
@@ -617,7 +626,8 @@ def plan(config):
         document["Nodes"][0]["GroupBy"] = auto_group_by(selected, exclude=list(document["Input"]))
     document["Input"] = {**filters, **({"subject": sorted(selected["subject"].unique())} if labels or subject_filter else {})}
     model = parse_model(document)
-    settings = _pin_settings(document, config)
+    settings = _pin_settings(document, config, surface=bool(
+        selected["extension"].isin(inputs_stage.SURFACE_EXTENSIONS).any()) if "extension" in selected else False)
     label = model_label(output_dir, document)
     if label != sanitize_label(document.get("Name", "model")):
         LOGGER.warning("OUTPUT_DIR holds another model named %s; this one is saved as %s (its files are named "
