@@ -237,16 +237,32 @@ def _subject_level(writer, mask_img, node, edge, pairs, fits, sidecar):
     return written
 
 
-def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions, report=True):
-    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`), and its report unless
-    ``report`` is False; returns the number of contrasts written."""
-    from bids_group_app.firstlevel.design import build_graph, run_designs
+def _subjects_inputs(layout, document, subjects, filters):
+    """Every subject's runs (files, TR) and one graph with all their run variables loaded.
+
+    One pass over the layout's files and one ``load_collections`` for all
+    ``subjects`` of the process (a process with one subject pays for one).
+
+    Returns
+    -------
+    (dict, bids.modeling.BIDSStatsModelsGraph)
+        Subject -> list of :class:`~bids_group_app.firstlevel.inputs.RunInputs`, and the graph.
+    """
+    from bids_group_app.firstlevel.design import build_graph
+    from bids_group_app.firstlevel.inputs import find_subjects_runs
+
+    runs = find_subjects_runs(layout, subjects, **filters)
+    return runs, build_graph(layout, json.loads(json.dumps(document)), subjects, **filters)
+
+
+def _fit_one_subject(writer, graph, document, nodes, subject, runs, versions, report=True):
+    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`; ``graph`` and ``runs``:
+    :func:`_subjects_inputs`), and its report unless ``report`` is False; returns the number of contrasts
+    written."""
+    from bids_group_app.firstlevel.design import run_designs
     from bids_group_app.firstlevel.fit import fit_subject, masked_data, subject_mask
-    from bids_group_app.firstlevel.inputs import find_runs
 
     run_node, fed = nodes
-    runs = find_runs(layout, subject, **filters)
-    graph = build_graph(layout, json.loads(json.dumps(document)), subject, **filters)
     designs = run_designs(graph, subject, node=run_node.name)
     if not designs:
         raise NoFilesSelectedError(f"sub-{subject}: the Run node '{run_node.name}' has no run to fit "
@@ -304,9 +320,10 @@ def run_participant(config, argv=None):
     filters = _filters(config, document)
     subjects = _subjects(layout, config, document)
     versions = software_versions()
+    runs, graph = _subjects_inputs(layout, document, subjects, filters)
     with OutputWriter(output_dir) as writer:
         for subject in subjects:
-            _fit_one_subject(writer, layout, document, nodes, subject, filters, versions,
+            _fit_one_subject(writer, graph, document, nodes, subject, runs[subject], versions,
                              report=not config.reports.no_reports)
         with output_lock(output_dir):
             recover(output_dir)
