@@ -45,27 +45,33 @@ residual dof (the difference is printed, and again with the fitted dof
 passed as ``dofs=``, where it vanishes).
 
 Measured on this 2-core machine, shared with other jobs (20 subjects x 2
-runs x 120 volumes, 1,152 voxels in the mask, best of 2; nilearn 0.14.1,
-pybids 0.22.0)::
+runs x 120 volumes, 1,152 voxels in the mask, best of 1, the machine
+loaded; nilearn 0.14.1, pybids 0.22.0; ours with ``--no-reports``, as the
+other two write no report)::
 
     | method | total s | s per subject | ratio to ours | maps written |
     |---|---:|---:|---:|---:|
-    | ours | 40.7 | 2.03 | 1.00 | 780 |
-    | nilearn | 18.1 | 0.91 | 0.45 | 260 |
-    | fitlins-way | 19.5 | 0.98 | 0.48 | 720 |
+    | ours | 43.5 | 2.17 | 1.00 | 780 |
+    | nilearn | 22.2 | 1.11 | 0.51 | 260 |
+    | fitlins-way | 25.2 | 1.26 | 0.58 | 720 |
 
     sub-01 faces-scrambled subject z, 1152 voxels (z range -3.65 .. 6.96):
     - ours vs nilearn multi-run FirstLevelModel: max |dz| = 2.23e-07 (tolerance 0.0001)
     - ours vs FitLins way (compute_fixed_effects, 100 dof per run): max |dz| = 8.13e-03
     - ours vs FitLins way with the fitted dof per run [98.0, 98.0]: max |dz| = 2.23e-07
 
-Ours is about 2.2x slower, and not in the statistics: timed inside one run
-of ours on the same 20 subjects, per subject, PyBIDS takes about 1.5 s
-(``build_graph``, i.e. ``BIDSStatsModelsGraph.load_collections``, 0.79 s;
-``find_runs``, 15 layout queries, 0.37 s; ``run_designs``, the graph's
-Run node, 0.36 s), the two AR(1) fits and all contrasts 0.34 s, writing
-39 maps with sidecars 0.17 s; on top, 2-3 s once per process for imports
-and the PyBIDS index. The maps-written column differs by design: ours
+(Before the run lookups and the graph were shared by the subjects of a
+process, on a less loaded machine: ours 2.03 s per subject, nilearn 0.45
+and FitLins way 0.48 of ours.) Ours is still about 2x slower, and not in
+the statistics: CPU seconds per subject inside one process of 20 subjects,
+PyBIDS' ``load_collections`` (once for all subjects) about 0.34 s, mostly
+one ``DenseRunVariable`` per confounds column and the events
+``get_nearest`` of each run; ``run_designs`` (the Run node's
+transformations per run) about 0.25 s; ``find_runs`` about 0.01 s (one
+query per scope for all subjects, was 0.25 s with 15 queries per run); the
+two AR(1) fits and all contrasts about 0.3 s; writing 39 maps with
+sidecars about 0.15 s; on top, 2-3 s once per process for imports and the
+PyBIDS index. The maps-written column differs by design: ours
 writes run and subject maps (+ sidecars and design TSVs), nilearn's
 multi-run model only subject maps, the FitLins way run maps and the t
 contrasts' subject maps (``compute_fixed_effects`` is not applied to the
@@ -144,7 +150,7 @@ def run_ours(ds, out):
     """Our participant level, all subjects in one process (the console script)."""
     script = Path(sys.executable).with_name("bids_group_app")
     command = [str(script) if script.exists() else "bids_group_app", str(ds), str(out), "participant",
-               "--model", str(ds / "models" / "model-faces_smdl.json"), "--quiet"]
+               "--model", str(ds / "models" / "model-faces_smdl.json"), "--no-reports", "--quiet"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr)
 
 

@@ -3,7 +3,7 @@
 No files are written here: paths and a BIDS Stats Model in, arrays and tables out.
 
 :mod:`~bids_group_app.firstlevel.inputs`
-    :func:`load_layout`, :func:`find_runs`: one subject's fMRIPrep runs
+    :func:`load_layout`, :func:`find_runs` (:func:`find_subjects_runs`): a subject's fMRIPrep runs
     (preprocessed BOLD, brain mask, confounds) with raw events and TR.
 :mod:`~bids_group_app.firstlevel.design`
     :func:`build_graph`, :func:`run_designs`: run design matrices from the

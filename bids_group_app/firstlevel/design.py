@@ -272,21 +272,30 @@ def run_node(graph, name=None):
 
 
 def build_graph(layout, model, subject, **filters):
-    """A ``BIDSStatsModelsGraph`` with the subject's run variables loaded.
+    """A ``BIDSStatsModelsGraph`` with the run variables of one or more subjects loaded.
+
+    Loading every subject of a process at once (as FitLins does) costs less
+    than one graph per subject; :func:`run_designs` then takes one subject's
+    runs from it, with the same designs (PyBIDS transforms each run's
+    collection on its own).
 
     Parameters
     ----------
     layout : bids.BIDSLayout
     model : dict or str
         BIDS Stats Model (dict or path).
-    subject : str
+    subject : str or list of str
+        Label(s) without ``sub-``.
     **filters
         Entity filters on the BOLD runs (``space``, ``task``, ...).
     """
     from bids.modeling import BIDSStatsModelsGraph
 
+    from bids_group_app.firstlevel.inputs import memoized_entities
+
     graph = BIDSStatsModelsGraph(layout, model)
-    graph.load_collections(subject=[subject], **filters)
+    with memoized_entities(layout):
+        graph.load_collections(subject=[subject] if isinstance(subject, str) else list(subject), **filters)
     return graph
 
 

@@ -6,13 +6,17 @@ derivative ``desc-preproc_bold``, which the app's statmap configuration in
 ``inputs/index.py`` does not describe). :func:`find_runs` returns one
 :class:`RunInputs` per run of a subject: the preprocessed BOLD, its brain
 mask, the confounds TSV, the raw events TSV, the repetition time and the
-number of volumes. Every missing piece is an :class:`~bids_group_app.errors.AppError`
+number of volumes; :func:`find_subjects_runs` does so for several subjects
+from one query per scope (:class:`SubjectFiles`), and
+:func:`memoized_entities` spares PyBIDS' repeated entity queries while a
+layout is only read. Every missing piece is an :class:`~bids_group_app.errors.AppError`
 whose one-line message names what is missing and what exists.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +101,74 @@ def load_layout(bids_dir, fmriprep_dir=None):
     return BIDSLayout(str(bids_dir), derivatives=str(fmriprep_dir), validate=False)
 
 
+@contextmanager
+def memoized_entities(layout):
+    """Within the block, ``layout.get_entities`` answers each (scope, metadata) question once.
+
+    PyBIDS' ``get_entities`` queries the index every time (its code says
+    "TODO: memoize results"), and with ``metadata=False`` it joins every tag
+    of the dataset: ``get_nearest``, which ``load_collections`` calls for
+    each run's events, so paid for each run a cost that grows with the
+    dataset. The layout is only read while loading, so the answer does not
+    change; the original method is restored on leaving the block.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    """
+    original = layout.get_entities
+    answers = {}
+
+    def get_entities(scope="all", metadata=None):
+        key = (tuple(scope) if isinstance(scope, (list, tuple)) else scope, metadata)
+        if key not in answers:
+            answers[key] = original(scope=scope, metadata=metadata)
+        return dict(answers[key])
+
+    layout.get_entities = get_entities
+    try:
+        yield layout
+    finally:
+        del layout.get_entities
+
+
+class SubjectFiles:
+    """The files of some subjects, from one PyBIDS query per scope, selected by entity in memory.
+
+    :meth:`select` answers what ``layout.get(return_type="object", scope=...,
+    **query)`` answers for the plain entity values the run lookups use
+    (a value, or a list of values any of which matches; a file lacking the
+    entity does not match), without one database query per file and run.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    subjects : list of str
+        Labels without ``sub-``.
+    """
+
+    SCOPES = ("raw", "derivatives")
+
+    def __init__(self, layout, subjects):
+        self._files = {}
+        for scope in self.SCOPES:
+            for found in layout.get(return_type="object", scope=scope, subject=list(subjects)):
+                self._files.setdefault((scope, found.entities["subject"]), []).append(
+                    (found, dict(found.entities)))
+
+    def select(self, scope, subject, **query):
+        """The files of ``subject`` in ``scope`` (``"raw"``, ``"derivatives"`` or ``"all"``) matching ``query``.
+
+        ``query`` may repeat ``subject`` (a run's entities).
+        """
+        if str(query.pop("subject", subject)) != str(subject):
+            return []
+        scopes = self.SCOPES if scope == "all" else (scope,)
+        wanted = {k: (v if isinstance(v, (list, tuple)) else [v]) for k, v in query.items()}
+        return [found for s in scopes for found, ents in self._files.get((s, subject), [])
+                if all(k in ents and ents[k] in values for k, values in wanted.items())]
+
+
 def _files(layout, **query):
     return layout.get(return_type="object", **query)
 
@@ -105,11 +177,11 @@ def _names(files):
     return ", ".join(sorted(Path(f.path).name for f in files)) or "none"
 
 
-def _bold_runs(layout, subject, filters):
-    """Preprocessed BOLD files of a subject (checked for one space)."""
+def _bold_runs(layout, subject, filters, bolds=None):
+    """Preprocessed BOLD files of a subject (checked for one space); ``bolds``: already queried."""
     query = {"subject": subject, "suffix": "bold", "desc": "preproc",
              "extension": [".nii", ".nii.gz"], "scope": "derivatives", **filters}
-    bolds = _files(layout, **query)
+    bolds = _files(layout, **query) if bolds is None else bolds
     if not bolds:
         anything = _files(layout, subject=subject, suffix="bold", scope="derivatives",
                           extension=[".nii", ".nii.gz"])
@@ -123,13 +195,13 @@ def _bold_runs(layout, subject, filters):
     return bolds
 
 
-def _one(layout, run_label, what, candidates, **query):
-    """The single file matching ``query``, else a MissingRunInputError listing ``candidates``."""
-    found = _files(layout, **query)
+def _one(files, run_label, what, candidates, scope, **query):
+    """The single file of ``files`` matching ``query``, else a MissingRunInputError listing ``candidates``."""
+    found = files.select(scope, **query)
     if len(found) != 1:
         state = "no" if not found else f"{len(found)}"
         raise MissingRunInputError(f"{run_label}: {state} {what} found; {what} files there: "
-                                   f"{_names(candidates)}")
+                                   f"{_names(candidates())}")
     return Path(found[0].path)
 
 
@@ -151,29 +223,62 @@ def _repetition_time(layout, bold, raw_bold, run_label):
                                f"({Path(raw_bold.path).name if raw_bold else 'none found'})")
 
 
-def _run_inputs(layout, bold):
-    """The :class:`RunInputs` of one preprocessed BOLD file."""
+def _run_inputs(layout, files, bold):
+    """The :class:`RunInputs` of one preprocessed BOLD file (its other files from ``files``, a SubjectFiles)."""
     ents = _run_query(bold)
+    subject = ents["subject"]
     label = RunInputs(ents, Path(bold.path), Path(), Path(), Path(), 0.0, 0).label
     space = bold.entities.get("space")
     space_q = {"space": space} if space else {}
-    mask = _one(layout, label, "brain mask (desc-brain_mask)",
-                _files(layout, suffix="mask", scope="derivatives", subject=ents["subject"]),
-                suffix="mask", desc="brain", scope="derivatives",
-                extension=[".nii", ".nii.gz"], **ents, **space_q)
-    confounds = _one(layout, label, "confounds TSV (desc-confounds_timeseries)",
-                     _files(layout, extension=".tsv", scope="derivatives", subject=ents["subject"]),
-                     suffix=["timeseries", "regressors"], desc="confounds", extension=".tsv",
-                     scope="derivatives", **ents)
-    events = _one(layout, label, "events TSV",
-                  _files(layout, suffix="events", extension=".tsv", subject=ents["subject"]),
-                  suffix="events", extension=".tsv", scope="raw", **ents)
-    raw = _files(layout, suffix="bold", scope="raw", extension=[".nii", ".nii.gz"], **ents)
+    mask = _one(files, label, "brain mask (desc-brain_mask)",
+                lambda: files.select("derivatives", subject, suffix="mask"),
+                "derivatives", suffix="mask", desc="brain", extension=[".nii", ".nii.gz"], **ents, **space_q)
+    confounds = _one(files, label, "confounds TSV (desc-confounds_timeseries)",
+                     lambda: files.select("derivatives", subject, extension=".tsv"),
+                     "derivatives", suffix=["timeseries", "regressors"], desc="confounds", extension=".tsv",
+                     **ents)
+    events = _one(files, label, "events TSV",
+                  lambda: files.select("all", subject, suffix="events", extension=".tsv"),
+                  "raw", suffix="events", extension=".tsv", **ents)
+    raw = files.select("raw", suffix="bold", extension=[".nii", ".nii.gz"], **ents)
     tr = _repetition_time(layout, bold, raw[0] if raw else None, label)
     shape = nib.load(bold.path).shape
     n_volumes = int(shape[3]) if len(shape) == 4 else 1
     return RunInputs({**ents, **({"space": space} if space else {})}, Path(bold.path), mask,
                      confounds, events, tr, n_volumes)
+
+
+def find_subjects_runs(layout, subjects, **filters):
+    """:func:`find_runs` of several subjects, with two layout queries for all their files.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    subjects : list of str
+        Labels without ``sub-``; checked in this order (the first subject
+        with a missing input raises).
+    **filters
+        As :func:`find_runs`.
+
+    Returns
+    -------
+    dict
+        Subject -> list of RunInputs (as :func:`find_runs` returns them).
+    """
+    files = SubjectFiles(layout, subjects)
+    query = {"suffix": "bold", "desc": "preproc", "extension": [".nii", ".nii.gz"], "scope": "derivatives",
+             **filters}
+    bolds = {}
+    for bold in _files(layout, subject=list(subjects), **query):
+        bolds.setdefault(bold.entities["subject"], []).append(bold)
+    out = {}
+    for subject in subjects:
+        runs = [_run_inputs(layout, files, bold)
+                for bold in _bold_runs(layout, subject, filters, bolds.get(subject, []))]
+        runs.sort(key=lambda r: tuple(str(r.entities.get(k, "")) for k in RUN_ENTITIES))
+        LOGGER.info("sub-%s: %d run(s): %s", subject, len(runs), ", ".join(r.label for r in runs))
+        out[subject] = runs
+    return out
 
 
 def find_runs(layout, subject, **filters):
@@ -203,10 +308,7 @@ def find_runs(layout, subject, **filters):
     MissingRunInputError
         A run lacks its brain mask, confounds TSV, events TSV or RepetitionTime.
     """
-    runs = [_run_inputs(layout, bold) for bold in _bold_runs(layout, subject, filters)]
-    runs.sort(key=lambda r: tuple(str(r.entities.get(k, "")) for k in RUN_ENTITIES))
-    LOGGER.info("sub-%s: %d run(s): %s", subject, len(runs), ", ".join(r.label for r in runs))
-    return runs
+    return find_subjects_runs(layout, [subject], **filters)[subject]
 
 
 def model_mask(layout, run, mask_entities):

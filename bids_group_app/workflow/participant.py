@@ -260,20 +260,36 @@ def _subject_level(writer, mask_img, node, edge, pairs, fits, sidecar):
     return written
 
 
-def _fit_one_subject(writer, layout, document, nodes, subject, filters, versions, report=True, mask=None,
-                     smoothing_fwhm=None):
-    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`), and its report unless
-    ``report`` is False; returns the number of contrasts written. ``mask``: the Run node's ``Options.Mask``
-    entities (default: each run's fMRIPrep brain mask); ``smoothing_fwhm``: mm, before fitting."""
-    from bids_group_app.firstlevel.design import build_graph, run_designs
+def _subjects_inputs(layout, document, subjects, filters, mask=None):
+    """Every subject's runs (files, TR) and one graph with all their run variables loaded.
+
+    One pass over the layout's files and one ``load_collections`` for all
+    ``subjects`` of the process (a process with one subject pays for one).
+    ``mask``: the Run node's ``Options.Mask`` entities, whose file replaces
+    each run's fMRIPrep brain mask.
+
+    Returns
+    -------
+    (dict, bids.modeling.BIDSStatsModelsGraph)
+        Subject -> list of :class:`~bids_group_app.firstlevel.inputs.RunInputs`, and the graph.
+    """
+    from bids_group_app.firstlevel.design import build_graph
+    from bids_group_app.firstlevel.inputs import find_subjects_runs, model_mask
+
+    runs = find_subjects_runs(layout, subjects, **filters)
+    if mask:
+        runs = {s: [replace(run, mask=model_mask(layout, run, mask)) for run in found] for s, found in runs.items()}
+    return runs, build_graph(layout, json.loads(json.dumps(document)), subjects, **filters)
+
+
+def _fit_one_subject(writer, graph, document, nodes, subject, runs, versions, report=True, smoothing_fwhm=None):
+    """Fit and stage every map of one subject (``nodes``: :func:`_lower_nodes`; ``graph`` and ``runs``:
+    :func:`_subjects_inputs`), and its report unless ``report`` is False; returns the number of contrasts
+    written. ``smoothing_fwhm``: mm, before fitting."""
+    from bids_group_app.firstlevel.design import run_designs
     from bids_group_app.firstlevel.fit import fit_subject, masked_data, subject_mask
-    from bids_group_app.firstlevel.inputs import find_runs, model_mask
 
     run_node, fed = nodes
-    runs = find_runs(layout, subject, **filters)
-    if mask:
-        runs = [replace(run, mask=model_mask(layout, run, mask)) for run in runs]
-    graph = build_graph(layout, json.loads(json.dumps(document)), subject, **filters)
     designs = run_designs(graph, subject, node=run_node.name)
     if not designs:
         raise NoFilesSelectedError(f"sub-{subject}: the Run node '{run_node.name}' has no run to fit "
@@ -338,10 +354,11 @@ def run_participant(config, argv=None):
     filters = _filters(config, document)
     subjects = _subjects(layout, config, document)
     versions = software_versions()
+    runs, graph = _subjects_inputs(layout, fitted, subjects, filters, mask)
     with OutputWriter(output_dir) as writer:
         for subject in subjects:
-            _fit_one_subject(writer, layout, fitted, nodes, subject, filters, versions,
-                             report=not config.reports.no_reports, mask=mask, smoothing_fwhm=smoothing_fwhm)
+            _fit_one_subject(writer, graph, fitted, nodes, subject, runs[subject], versions,
+                             report=not config.reports.no_reports, smoothing_fwhm=smoothing_fwhm)
         with output_lock(output_dir):
             recover(output_dir)
             writer.json(config_file(time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6]), {
