@@ -221,7 +221,8 @@ def test_index_columns_and_order(table):
     assert not any(s.startswith("parent") for s in table["subject"])
     assert "old" not in set(table["desc"].dropna())
     # only images with a subject: no mask of raw data, json, tsv, group maps
-    assert set(table["extension"]) == set(inputs.IMAGE_EXTENSIONS)
+    volume = set(inputs.IMAGE_EXTENSIONS) - set(inputs.SURFACE_EXTENSIONS)
+    assert set(table["extension"]) == volume
     assert not table["path"].str.contains("groupLevel|scratch|_T1w").any()
 
 
