@@ -44,6 +44,7 @@ class InputsConfig:
     bids_filter_file: Path | None = None
     bids_database_dir: Path | None = None
     skip_bids_validation: bool = False
+    surface_mesh: tuple = ()
 
 
 @dataclass(frozen=True)

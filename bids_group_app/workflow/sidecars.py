@@ -51,8 +51,10 @@ def design_sidecar(cell, plan_, dm):
         ],
         "ParticipantsWithoutMaps": plan_.participants_report.get("without_maps", []),
         "SubjectsWithoutParticipantsRow": plan_.participants_report.get("without_row", []),
-        "Mask": {"Source": estimation.mask or "voxels finite and non-zero in every map", "NumberOfVoxels": int(dm.Y.shape[1]),
+        "Mask": {"Source": estimation.mask or f"{'voxels' if dm.kind == 'volume' else 'elements'} finite and non-zero in every map",
+                 "NumberOfVoxels" if dm.kind == "volume" else "NumberOfElements": int(dm.Y.shape[1]),
                  "ExcludedZeroVariance": dm.excluded_zero_variance},
+        **({"Surface": dm.space.describe()} if dm.kind != "volume" else {}),
         "SmoothingFWHM": estimation.smoothing_fwhm,
         "ResampledInputs": [relative_input(p, plan_.derivatives, plan_.output_dir) for p in dm.resampled],
     }
